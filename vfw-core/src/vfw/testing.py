@@ -1,0 +1,43 @@
+"""Helpers for vfw's test suites (imported by tests only; needs pytest).
+
+A test that needs something this machine may lack (/dev/kvm, a guest kernel) calls ``need``:
+it skips with the reason where the thing is truly absent, and fails instead when
+``VFW_TESTS_STRICT=1`` — CI sets that on machines that have everything, so a skip there can
+only mean a broken set-up.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+STRICT_ENV = "VFW_TESTS_STRICT"
+
+
+def strict() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip (or, in strict mode, fail) the calling test unless ``available``."""
+    if available:
+        return
+    if strict():
+        pytest.fail(f"{reason} ({STRICT_ENV}=1 makes this a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def kvm_usable() -> tuple[bool, str]:
+    """Whether /dev/kvm can be opened read-write here, and why not."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return False, f"/dev/kvm is not usable: {exc.strerror}"
+    os.close(fd)
+    return True, ""
+
+
+def need_kvm() -> None:
+    ok, why = kvm_usable()
+    need(ok, why)
