@@ -39,8 +39,26 @@ class Accel(Object):
         return False
 
     def run(self, machine: Machine) -> None:
-        """Run the machine's vCPUs until it shuts down."""
+        """Run the machine's vCPUs until a request is pending (``machine.request_event``)."""
         raise AccelError(f"accelerator {self.accel_name()} cannot run vCPUs")
+
+    # -- the rest of the seam: the board calls these ---------------------------------------
+    def create_vcpu(self, cpu: Object) -> None:
+        """The board realized ``cpu``; prepare to run it (KVM: KVM_CREATE_VCPU)."""
+
+    def synchronize_state(self, cpu: Object) -> None:
+        """Make ``cpu.env`` current (KVM: read registers back from the kernel)."""
+
+    def synchronize_post_reset(self, cpu: Object) -> None:
+        """``cpu.env`` was reset by the board; load it before the vCPU runs again."""
+
+    def set_irq(self, gsi: int, level: int) -> None:
+        """Drive an interrupt line of the in-kernel irqchip (only if irqchip_in_kernel)."""
+        raise AccelError(f"accelerator {self.accel_name()} has no in-kernel irqchip")
+
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver an MSI through the in-kernel irqchip (only if irqchip_in_kernel)."""
+        raise AccelError(f"accelerator {self.accel_name()} has no in-kernel irqchip")
 
 
 def accel_classes() -> list[type[Accel]]:

@@ -6,6 +6,7 @@ board plugin beside its CPU models, and is shared by every accelerator.
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar
 
 from .props import UINT32, prop
@@ -29,3 +30,16 @@ class CPU(Device):
     def instance_init(self) -> None:
         self.halted = False
         self.stopped = True
+
+
+_current = threading.local()
+
+
+def set_current_cpu(cpu: CPU | None) -> None:
+    """Accelerators call this around guest execution on each vCPU thread (QEMU's current_cpu),
+    so MMIO handlers that are per-CPU (the local APIC) know which CPU accessed them."""
+    _current.cpu = cpu
+
+
+def current_cpu() -> CPU | None:
+    return getattr(_current, "cpu", None)

@@ -6,11 +6,14 @@ A board plugin registers machine types named ``<name>-machine`` (QEMU's naming),
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from .errors import MachineError
 from .props import BOOL, STR, prop
 from .qom import TABLE, Object, register_type
+from .runstate import Request, RunState, ShutdownCause
 
 if TYPE_CHECKING:
     from .accel import Accel
@@ -58,6 +61,19 @@ class Machine(Object):
         self.system_io: MemoryRegion = MemoryRegion.container("io", 1 << 16)
         self.address_space_memory: AddressSpace = AddressSpace("memory", self.system_memory)
         self.address_space_io: AddressSpace = AddressSpace("I/O", self.system_io)
+        #: The vCPU objects the board created, in cpu_index order; accelerators run them.
+        self.cpus: list[Object] = []
+        self.runstate = RunState.PRELAUNCH
+        self.exit_code = 0
+        #: -no-reboot: a guest reset ends the VM instead.
+        self.no_reboot = False
+        self._request: tuple[Request, ShutdownCause | None] | None = None
+        #: Set when a request is pending; accelerators and the run loop wait on it.
+        self.request_event = threading.Event()
+        #: Installed by the running accelerator: makes every vCPU return to it promptly.
+        self.kick_vcpus: Callable[[], None] = lambda: None
+        #: Called (under the BQL) by system_reset after devices are reset: CPUs, firmware.
+        self.reset_hooks: list[Callable[[], None]] = []
 
     @classmethod
     def machine_name(cls) -> str:
@@ -66,6 +82,45 @@ class Machine(Object):
     def init(self) -> None:
         """Build the board: CPUs, RAM, chipset, buses, firmware (QEMU's MachineClass::init)."""
         raise MachineError(f"machine '{self.machine_name()}' cannot be initialised")
+
+    # -- requests (QEMU's qemu_system_*_request) -----------------------------------------------
+    def request_shutdown(self, cause: ShutdownCause, exit_code: int | None = None) -> None:
+        """End the VM; ``exit_code`` becomes vfw's status (isa-debug-exit sets it)."""
+        if exit_code is not None:
+            self.exit_code = exit_code
+        self._set_request(Request.SHUTDOWN, cause)
+
+    def request_reset(self, cause: ShutdownCause) -> None:
+        """Reset the VM; with -no-reboot a guest-initiated reset ends it instead."""
+        if self.no_reboot and cause.from_guest:
+            self._set_request(Request.SHUTDOWN, cause)
+        else:
+            self._set_request(Request.RESET, cause)
+
+    def request_stop(self) -> None:
+        self._set_request(Request.STOP, None)
+
+    def _set_request(self, request: Request, cause: ShutdownCause | None) -> None:
+        # A shutdown is never downgraded by a later reset or stop.
+        if self._request is None or self._request[0] is not Request.SHUTDOWN:
+            self._request = (request, cause)
+        self.request_event.set()
+        self.kick_vcpus()
+
+    def take_request(self) -> tuple[Request, ShutdownCause | None] | None:
+        request, self._request = self._request, None
+        self.request_event.clear()
+        return request
+
+    def system_reset(self) -> None:
+        """Reset every device in the tree, then run the board's reset hooks (CPUs, firmware)."""
+        from .qdev import Device
+
+        for obj in self.walk():
+            if isinstance(obj, Device):
+                obj.reset()
+        for hook in self.reset_hooks:
+            hook()
 
     def add_user_device(self, dev: Object, dev_id: str | None) -> None:
         """Place a -device object in the tree as QEMU does (peripheral / peripheral-anon)."""

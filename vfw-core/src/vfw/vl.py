@@ -193,6 +193,7 @@ def build(cl: CommandLine) -> Machine:
     machine = mcls()
     get_root().add_child("machine", machine)
     machine.cmdline = cl  # type: ignore[attr-defined]
+    machine.no_reboot = "no-reboot" in cl.flags
     if machine_opts is not None:
         for key, value in machine_opts.without("type", "accel").items():
             try:
@@ -229,6 +230,59 @@ def build(cl: CommandLine) -> Machine:
     return machine
 
 
+def run_machine(machine: Machine, start_paused: bool) -> int:
+    """Run until the machine shuts down; returns vfw's exit status (QEMU's main_loop)."""
+    from .main_loop import BQL
+    from .modules import loader
+    from .runstate import Request, RunState, ShutdownCause
+    from .timer import CLOCK_VIRTUAL
+
+    accel = machine.accel
+    assert accel is not None
+    hooks = loader().hooks()
+    if start_paused:  # -S: wait for a monitor's cont (or a signal)
+        CLOCK_VIRTUAL.pause()
+        machine.request_event.wait()
+        request = machine.take_request()
+        if request is not None and request[0] is Request.SHUTDOWN:
+            hooks.vfw_machine_shutdown(machine=machine, reason=request[1].value if request[1]
+                                       else "host-signal")
+            return machine.exit_code
+        CLOCK_VIRTUAL.resume()
+    while True:
+        machine.runstate = RunState.RUNNING
+        accel.run(machine)
+        request = machine.take_request() or (Request.SHUTDOWN, ShutdownCause.GUEST_SHUTDOWN)
+        kind, cause = request
+        if kind is Request.SHUTDOWN:
+            machine.runstate = RunState.SHUTDOWN
+            hooks.vfw_machine_shutdown(machine=machine,
+                                       reason=(cause or ShutdownCause.GUEST_SHUTDOWN).value)
+            return machine.exit_code
+        if kind is Request.RESET:
+            with BQL:
+                machine.system_reset()
+        elif kind is Request.STOP:
+            machine.runstate = RunState.PAUSED
+            CLOCK_VIRTUAL.pause()
+            machine.request_event.wait()
+            CLOCK_VIRTUAL.resume()
+
+
+def _install_signal_handlers(machine: Machine) -> None:
+    """SIGINT/SIGTERM/SIGHUP end the VM cleanly, as QEMU's "terminating on signal N"."""
+    import signal
+
+    from .runstate import ShutdownCause
+
+    def handler(signum: int, _frame: Any) -> None:
+        print(f"vfw: terminating on signal {signum}", file=sys.stderr)
+        machine.request_shutdown(ShutdownCause.HOST_SIGNAL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 def main(argv: list[str]) -> int:
     """Entry of ``vfw run``: returns the process exit status."""
     from .cmdline import parse_command_line
@@ -239,11 +293,8 @@ def main(argv: list[str]) -> int:
         print(text)
         return 0
     machine = build(cl)
-    accel = machine.accel
-    assert accel is not None
-    if "S" not in cl.flags:
-        accel.run(machine)
-    return int(getattr(machine, "exit_code", 0))
+    _install_signal_handlers(machine)
+    return run_machine(machine, start_paused="S" in cl.flags)
 
 
 def run_cli(argv: list[str]) -> int:
