@@ -30,9 +30,11 @@ def child_env(cache_dir: Path, pycache_dir: Path | None = None,
     return env
 
 
-def run_checked(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+def run_checked(argv: Sequence[str], env: Mapping[str, str],
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run once, untimed, and fail loudly if the command fails (a broken command times fast)."""
-    proc = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(list(argv), env=dict(env), cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr}")
     return proc
@@ -43,15 +45,18 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_process(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, float]:
+def time_process(argv: Sequence[str], env: Mapping[str, str],
+                 cwd: Path | None = None) -> tuple[float, float]:
     """(wall, user+system CPU) time of one whole process in milliseconds, output discarded.
 
     CPU time is the steadier number on a machine shared with other jobs: waiting for a core
     inflates the wall time but not the CPU time."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    proc = subprocess.run(list(argv), env=dict(env), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, timeout=120)
+    # No timeout: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would quantise
+    # the measurement; the untimed check run (run_checked) has the timeout.
+    proc = subprocess.run(list(argv), env=dict(env), cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
     elapsed = (time.perf_counter() - start) * 1e3
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(argv)}")
@@ -93,7 +98,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import time
 
@@ -155,15 +155,14 @@ def test_index_cache_is_used_and_notices_installs(fake_site, make_plugin):
     make_plugin("vfw-dev-good", "good_pkg", "good-dev")
     r = fake_site.vfw("run", "-device", "good-dev,help")
     assert r.returncode == 0
-    cached = list(fake_site.cache.glob("plugin-index-*.json"))
-    assert len(cached) == 1
-    names = {d["name"] for d in json.loads(cached[0].read_text())["distributions"]}
+    indexes = [p for p in fake_site.cache.glob("plugin-index-*/*") if p.is_dir()]
+    assert len(indexes) == 1
+    index = indexes[0]
+    names = {d["name"] for d in marshal.loads((index / "all").read_bytes())}
     assert "vfw-dev-good" in names
-    # The cached index is what lookups read: hide a type from it and the lookup misses.
-    data = json.loads(cached[0].read_text())
-    for d in data["distributions"]:
-        d["types"].pop("good-dev", None)
-    cached[0].write_text(json.dumps(data))
+    assert marshal.loads((index / "types" / "good-dev").read_bytes())["name"] == "vfw-dev-good"
+    # A warm lookup reads the per-type file: hide the type there and the lookup misses.
+    (index / "types" / "good-dev").unlink()
     r = fake_site.vfw("run", "-device", "good-dev,help")
     assert "Device 'good-dev' not found" in r.stderr
     # Installing a distribution changes the site directory, which invalidates the cache.
@@ -174,6 +173,30 @@ def test_index_cache_is_used_and_notices_installs(fake_site, make_plugin):
     assert r.returncode == 0, r.stderr
     r = fake_site.vfw("run", "-device", "new-dev,help")
     assert r.returncode == 0, r.stderr
+    assert len([p for p in fake_site.cache.glob("plugin-index-*/*") if p.is_dir()]) == 1
+
+
+def test_creating_files_in_the_working_directory_keeps_the_cache(fake_site, make_plugin, tmp_path):
+    """python -m vfw puts the working directory on sys.path; its mtime must not matter."""
+    make_plugin("vfw-dev-good", "good_pkg", "good-dev")
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = """
+        import os, sys
+        from vfw.modules import _fingerprint
+        print(_fingerprint())
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    def fingerprint() -> str:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(probe)], cwd=work,
+                              env=fake_site.env(), capture_output=True, text=True).stdout
+    before = fingerprint()
+    (work / "disk.img").write_bytes(b"x")
+    os.utime(work, (time.time() + 5, time.time() + 5))
+    assert fingerprint() == before
 
 
 def test_plugin_hooks_add_cli_commands(fake_site):

@@ -20,11 +20,13 @@ named in ``VFW_PLUGINS`` load), ``VFW_DISABLE_PLUGINS=vfw-accel-kvm,...``, or th
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
+import marshal
 import os
+import re
+import shutil
 import sys
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +52,6 @@ KNOWN_PROVIDERS: tuple[tuple[str, str], ...] = (
 
 def known_provider(type_name: str) -> str | None:
     """Which of our distributions would provide ``type_name``, if it is one of ours."""
-    import re
-
     for pattern, dist in KNOWN_PROVIDERS:
         if re.fullmatch(pattern, type_name):
             return dist
@@ -87,23 +87,36 @@ def _norm(name: str) -> str:
 
 
 # -- the entry-point index --------------------------------------------------------------------
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _crc(text: str) -> str:
+    data = text.encode()
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+
+
 def _fingerprint() -> str:
+    """Changes whenever a distribution is installed or removed on sys.path (the directories'
+    modification times change). The script's own directory (or the working directory, for
+    ``python -m``/``-c``) is left out: creating a file there must not cost a rescan."""
     parts = [sys.version, __version__]
-    for entry in sys.path:
+    script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+    for i, entry in enumerate(sys.path):
+        if i == 0 and entry in ("", os.getcwd(), script_dir):
+            continue
         try:
             parts.append(f"{entry}:{os.stat(entry or '.').st_mtime_ns}")
         except OSError:
             parts.append(f"{entry}:-")
-    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+    return _crc("\n".join(parts))
 
 
-def _cache_file() -> str | None:
+def _cache_dir() -> str | None:
     if os.environ.get("VFW_NO_PLUGIN_CACHE"):
         return None
     base = os.environ.get("VFW_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "vfw")
-    key = hashlib.sha1((sys.prefix + "\0" + "\0".join(sys.path)).encode()).hexdigest()[:16]
-    return os.path.join(base, f"plugin-index-{key}.json")
+    return os.path.join(base, f"plugin-index-{_crc(sys.prefix + chr(0) + chr(0).join(sys.path))}")
 
 
 def scan_entry_points() -> list[dict[str, Any]]:
@@ -134,29 +147,72 @@ def scan_entry_points() -> list[dict[str, Any]]:
     return found
 
 
-def load_index() -> list[dict[str, Any]]:
-    """The entry-point index, from the cache when it is still valid."""
-    path = _cache_file()
-    fingerprint = _fingerprint()
-    if path is not None:
+class PluginIndex:
+    """The entry-point index, cached on disk so that a warm lookup reads one small file.
+
+    Layout: ``<cache>/plugin-index-<sys.path key>/<fingerprint>/all`` holds every entry and
+    ``.../types/<type-name>`` the entry of the distribution declaring that type (marshal).
+    A lookup with a warm cache costs one stat per sys.path entry and one file read, whatever
+    the number of installed plugins; a stale fingerprint rebuilds the whole index once.
+    """
+
+    def __init__(self, entries: list[dict[str, Any]] | None = None):
+        self._entries = entries
+        self._dir: str | None = None
+        if entries is None:
+            base = _cache_dir()
+            self._dir = None if base is None else os.path.join(base, _fingerprint())
+
+    def all(self) -> list[dict[str, Any]]:
+        if self._entries is None:
+            if self._dir is not None:
+                try:
+                    with open(os.path.join(self._dir, "all"), "rb") as f:
+                        self._entries = list(marshal.load(f))
+                except (OSError, ValueError, EOFError, TypeError):
+                    pass
+            if self._entries is None:
+                self._entries = scan_entry_points()
+                self._write(self._entries)
+        return self._entries
+
+    def lookup(self, type_name: str) -> dict[str, Any] | None:
+        """The entry of the distribution that declares ``type_name``, or None."""
+        if self._entries is None and self._dir is not None and _SAFE_NAME.match(type_name):
+            try:
+                with open(os.path.join(self._dir, "types", type_name), "rb") as f:
+                    return dict(marshal.load(f))
+            except FileNotFoundError:
+                if os.path.exists(os.path.join(self._dir, "all")):
+                    return None  # a valid index that has no such type
+            except (OSError, ValueError, EOFError, TypeError):
+                pass
+        for entry in self.all():
+            if type_name in entry["types"]:
+                return entry
+        return None
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        if self._dir is None:
+            return
+        tmp = f"{self._dir}.{os.getpid()}.tmp"
         try:
-            with open(path, encoding="utf-8") as f:
-                cached = json.load(f)
-            if cached.get("fingerprint") == fingerprint:
-                return list(cached["distributions"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    dists = scan_entry_points()
-    if path is not None:
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"fingerprint": fingerprint, "distributions": dists}, f)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # an unwritable cache only costs speed
-    return dists
+            os.makedirs(os.path.join(tmp, "types"), exist_ok=True)
+            for entry in entries:
+                for type_name in entry["types"]:
+                    if _SAFE_NAME.match(type_name):
+                        with open(os.path.join(tmp, "types", type_name), "wb") as f:
+                            marshal.dump(entry, f)
+            with open(os.path.join(tmp, "all"), "wb") as f:
+                marshal.dump(entries, f)
+            os.rename(tmp, self._dir)
+        except OSError:  # an unwritable cache (or a concurrent writer) only costs speed
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        parent = os.path.dirname(self._dir)
+        for old in os.listdir(parent):  # drop indexes of earlier installs
+            if os.path.join(parent, old) != self._dir and not old.endswith(".tmp"):
+                shutil.rmtree(os.path.join(parent, old), ignore_errors=True)
 
 
 def _env_list(name: str) -> set[str]:
@@ -176,10 +232,11 @@ class ModuleLoader:
         self.autoload = autoload
         self.disabled = {_norm(d) for d in disabled} | _env_list("VFW_DISABLE_PLUGINS")
         self.enabled = {_norm(e) for e in enabled} | _env_list("VFW_PLUGINS")
+        #: The distributions met so far (all of them once a listing asked for the full index).
         self.dists: dict[str, PluginDist] = {}
         self.by_type: dict[str, PluginDist] = {}
         self._by_package: dict[str, PluginDist] = {}
-        self._index = index
+        self._index = PluginIndex(index)
         self._indexed = False
         self._hooks: Any = None
 
@@ -192,35 +249,51 @@ class ModuleLoader:
         return self
 
     # -- index ------------------------------------------------------------------------------
+    def _add(self, entry: dict[str, Any]) -> PluginDist:
+        """The PluginDist for an index entry, created on first sight."""
+        key = _norm(entry["name"])
+        dist = self.dists.get(key)
+        if dist is not None:
+            return dist
+        dist = PluginDist(entry["name"], entry["version"], entry.get("plugin_module"),
+                          dict(entry.get("types", {})))
+        if key == CORE_DISTRIBUTION:
+            dist.state = "loaded"
+        elif key in self.disabled or (not self.autoload and key not in self.enabled):
+            dist.disabled, dist.state = True, "disabled"
+        self.dists[key] = dist
+        for type_name in dist.types:
+            self.by_type.setdefault(type_name, dist)
+        for pkg in dist.packages:
+            self._by_package.setdefault(pkg, dist)
+        return dist
+
     def _ensure_index(self) -> None:
-        if self._indexed:
-            return
-        self._indexed = True
-        for entry in self._index if self._index is not None else load_index():
-            dist = PluginDist(entry["name"], entry["version"], entry.get("plugin_module"),
-                              dict(entry.get("types", {})))
-            key = _norm(dist.name)
-            if key == CORE_DISTRIBUTION:
-                dist.state = "loaded"
-            elif key in self.disabled or (not self.autoload and key not in self.enabled):
-                dist.disabled, dist.state = True, "disabled"
-            self.dists[key] = dist
-            for type_name in dist.types:
-                self.by_type.setdefault(type_name, dist)
-            for pkg in dist.packages:
-                self._by_package.setdefault(pkg, dist)
+        """Materialise every installed distribution (listings need them all)."""
+        if not self._indexed:
+            self._indexed = True
+            for entry in self._index.all():
+                self._add(entry)
 
     def distributions(self) -> list[PluginDist]:
         self._ensure_index()
         return sorted(self.dists.values(), key=lambda d: d.name)
 
     def provider_of(self, type_name: str) -> PluginDist | None:
-        self._ensure_index()
-        return self.by_type.get(type_name)
+        dist = self.by_type.get(type_name)
+        if dist is None and not self._indexed:
+            entry = self._index.lookup(type_name)
+            dist = self._add(entry) if entry is not None else None
+        return dist
 
     def provider_for_module(self, module: str) -> Provider:
-        self._ensure_index()
-        dist = self._by_package.get(module.split(".")[0])
+        package = module.split(".")[0]
+        if package == "vfw":
+            return Provider(CORE_DISTRIBUTION, __version__, module)
+        dist = self._by_package.get(package)
+        if dist is None:
+            self._ensure_index()
+            dist = self._by_package.get(package)
         if dist is None:
             return Provider(None, None, module)
         return Provider(dist.name, dist.version, module)
@@ -272,8 +345,7 @@ class ModuleLoader:
 
     def load_type(self, type_name: str) -> bool:
         """Import the module that provides ``type_name``; True if one was imported."""
-        self._ensure_index()
-        dist = self.by_type.get(type_name)
+        dist = self.provider_of(type_name)
         if dist is None:
             return False
         if dist.disabled:
