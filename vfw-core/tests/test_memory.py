@@ -944,3 +944,28 @@ def test_flat_view_matches_naive_renderer(tree: tuple[Node, AddressSpace]) -> No
         expected = reference_owner(root, addr)
         if expected is not None and expected[0].is_ram:
             assert space.ram_view(addr, 1)[0] == expected[0].view[expected[1]]
+
+
+def test_cpu_access_goes_whole_to_the_region_of_its_first_byte():
+    """QEMU's CPU accessors: a dword at 0xcf8 is the PCI config address even though a
+    higher-priority byte region (reset control) covers 0xcf9; a byte at 0xcf9 reaches it."""
+    conf_log: list[tuple[str, int, int, int]] = []
+    rcr_log: list[tuple[str, int, int, int]] = []
+    io = MemoryRegion.container("io", 1 << 16)
+    conf = MemoryRegion.io("conf", 4, lambda o, s: conf_log.append(("r", o, 0, s)) or 0x11223344,
+                           lambda o, v, s: conf_log.append(("w", o, v, s)),
+                           valid_sizes=(1, 4), impl_sizes=(1, 4))
+    rcr = MemoryRegion.io("rcr", 1, lambda o, s: rcr_log.append(("r", o, 0, s)) or 0x06,
+                          lambda o, v, s: rcr_log.append(("w", o, v, s)))
+    io.add_subregion(0xCF8, conf)
+    io.add_subregion(0xCF9, rcr, priority=1)
+    space = AddressSpace("I/O", io)
+    space.write(0xCF8, 0x80000000, 4)
+    assert conf_log == [("w", 0, 0x80000000, 4)] and rcr_log == []
+    assert space.read(0xCF8, 4) == 0x11223344
+    space.write(0xCF9, 0x06, 1)
+    assert rcr_log == [("w", 0, 0x06, 1)]
+    assert space.read(0xCF9, 1) == 0x06
+    # An access that does not fit in the first byte's region is still split.
+    space.write(0xCFA, 0xAABB, 2)
+    assert conf_log[-1] == ("w", 2, 0xAABB, 2)

@@ -28,19 +28,26 @@ class MainLoop:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._handlers: dict[int, Callable[[], None]] = {}
+        #: fds epoll refuses (regular files, /dev/null): always readable, polled every time.
+        self._always_ready: dict[int, Callable[[], None]] = {}
         for clock in timer.CLOCKS:
             clock.timers.on_earlier_deadline = self.notify
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` (under the BQL) whenever ``fd`` is readable."""
         self.remove_reader(fd)
-        self._handlers[fd] = callback
-        self._selector.register(fd, selectors.EVENT_READ, callback)
+        try:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+        except PermissionError:  # not pollable: reads never block, so it is always ready
+            self._always_ready[fd] = callback
+        else:
+            self._handlers[fd] = callback
         self.notify()
 
     def remove_reader(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
             self._selector.unregister(fd)
+        self._always_ready.pop(fd, None)
 
     def notify(self) -> None:
         """Wake a ``poll`` that is waiting (from any thread)."""
@@ -55,8 +62,12 @@ class MainLoop:
         deadline = timer.next_deadline_ns()
         if deadline is not None:
             timeout_ns = deadline if timeout_ns is None else min(timeout_ns, deadline)
+        if self._always_ready:
+            timeout_ns = 0
         events = self._selector.select(None if timeout_ns is None else timeout_ns / 1e9)
         with BQL:
+            for callback in list(self._always_ready.values()):
+                callback()
             for key, _ in events:
                 if key.fd == self._wake_r:
                     try:

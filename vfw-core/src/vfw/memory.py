@@ -862,6 +862,11 @@ class AddressSpace:
                         if ops.direct[size] and (ops.unaligned or not offset & (size - 1)):
                             return ops.read(offset, size) & _MASK[size]
                         return _io_read(s.region, ops, offset, size)
+            elif s._ops is not None and size in _PACK and addr + s._delta + size <= s.region.size:
+                # QEMU's CPU accessors send a whole access to the region holding its first
+                # byte, even where a higher-priority region covers later bytes (a dword at
+                # 0xcf8 is the PCI config address, a byte at 0xcf9 the reset control).
+                return _io_read(s.region, s._ops, addr + s._delta, size)
         return self._read_slow(addr, size)
 
     def write(self, addr: int, value: int, size: int) -> None:
@@ -884,6 +889,10 @@ class AddressSpace:
                     else:
                         _io_write(s.region, ops, offset, value, size)
                     return
+            elif s._ops is not None and size in _PACK and addr + s._delta + size <= s.region.size:
+                # The region holding the first byte takes the whole access (see read).
+                _io_write(s.region, s._ops, addr + s._delta, value & _MASK[size], size)
+                return
         self._write_slow(addr, value, size)
 
     def _next_start(self, addr: int) -> int:
