@@ -33,5 +33,22 @@ void guest_main(u32 magic, struct multiboot_info *info)
     puts("fw_cfg cpus: ");
     putu(cpus);
     puts("\n");
+    /* action=1: reset through the i8042; 2: ACPI S5 power-off; 3: triple fault. */
+    switch (cmdline_number(cmdline, "action", 0)) {
+    case 1:
+        puts("resetting\n");
+        outb(0x64, 0xfe);
+        break;
+    case 2:
+        puts("powering off\n");
+        outw(0x604, (5 << 10) | (1 << 13));
+        break;
+    case 3: {
+        puts("triple fault\n");
+        static const struct { u16 limit; u32 base; } __attribute__((packed)) empty = {0, 0};
+        __asm__ volatile("lidt %0; ud2" :: "m"(empty));
+        break;
+    }
+    }
     debug_exit(cmdline_number(cmdline, "exit", 0));
 }

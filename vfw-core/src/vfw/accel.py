@@ -25,6 +25,9 @@ class Accel(Object):
     TYPE = "accel"
     ABSTRACT = True
     DESC: ClassVar[str] = ""
+    #: CPU feature defaults this accelerator applies before the user's -cpu options (QEMU's
+    #: kvm_default_props / tcg_default_props), by the architecture's feature names.
+    CPU_FEATURE_DEFAULTS: ClassVar[dict[str, bool]] = {}
 
     @classmethod
     def accel_name(cls) -> str:

@@ -91,6 +91,8 @@ class KvmAccel(Accel):
 
     TYPE = "kvm-accel"
     DESC = "Linux KVM"
+    #: As QEMU's kvm_default_props: no nested SVM, MONITOR or ACPI thermal unless asked for.
+    CPU_FEATURE_DEFAULTS = {"svm": False, "monitor": False, "acpi": False}
 
     kernel_irqchip = prop(KERNEL_IRQCHIP, "on", "Configure KVM in-kernel irqchip")
 

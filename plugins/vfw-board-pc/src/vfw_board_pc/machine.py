@@ -102,7 +102,8 @@ class PCI440FXMachine(Machine):
         model = (self.cpu_type or "qemu64").removesuffix("-x86_64-cpu")
         accel_name = self.accel.accel_name()
         for index in range(self.smp.cpus):
-            cpu: Any = x86_cpu_from_options(model, self.cpu_options, accel=accel_name)
+            cpu: Any = x86_cpu_from_options(model, self.cpu_options, accel=accel_name,
+                                            accel_defaults=self.accel.CPU_FEATURE_DEFAULTS)
             cpu.cpu_index = index
             cpu.topology = (self.smp.sockets, self.smp.cores, self.smp.threads)
             for warning in cpu.filter_features(self.accel.supported_cpuid, accel_name) \
