@@ -9,7 +9,7 @@ import pytest
 from vfw.cpu import set_current_cpu
 from vfw.memory import AddressSpace, MemoryRegion
 from vfw.qom import TABLE
-from vfw.timer import Clock
+from vfw.testing import ManualClock
 from vfw_board_pc.apic import APIC, APIC_VERSION, APICBus
 from vfw_board_pc.cpu_state import (
     MP_STATE_INIT_RECEIVED,
@@ -30,28 +30,6 @@ ISR, TMR, IRR, ESR, ICR_LO, ICR_HI = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310
 LVTT, LVT0, LVT1, LVTERR, TMICT, TMCCT, TDCR = 0x320, 0x350, 0x360, 0x370, 0x380, 0x390, 0x3E0
 
 
-class ManualClock(Clock):
-    """A virtual clock that moves only when told to, firing its timers on the way."""
-
-    def __init__(self) -> None:
-        super().__init__("test", pausable=True)
-        self.now = 5_000_000_000
-
-    def now_ns(self) -> int:
-        return self.now
-
-    def advance(self, ns: int) -> None:
-        target = self.now + ns
-        while True:
-            deadline = self.timers.deadline_ns()
-            if deadline is None or self.now + deadline > target:
-                break
-            self.now += deadline
-            self.timers.run_expired()
-        self.now = target
-        self.timers.run_expired()
-
-
 class FakeCPU:
     """The CPU contract the local APIC relies on: env, apic_id, kick()."""
 
@@ -70,7 +48,7 @@ class FakeCPU:
 
 class Board:
     def __init__(self, ncpus: int = 2) -> None:
-        self.clock = ManualClock()
+        self.clock = ManualClock(start_ns=5_000_000_000)
         self.bus = APICBus(self.clock)
         self.cpus = [FakeCPU(i) for i in range(ncpus)]
         self.lapics = [self.bus.add_cpu(c) for c in self.cpus]
@@ -361,7 +339,7 @@ def test_apic_base_msr_listener_disables_and_reenables() -> None:
             for listener in self.apic_base_listeners:
                 listener(value)
 
-    bus = APICBus(ManualClock())
+    bus = APICBus(ManualClock(start_ns=5_000_000_000))
     cpu = ListeningCPU(1)
     lapic = bus.add_cpu(cpu)
     assert cpu.apic_base_listeners == [lapic.apic_base_changed]

@@ -6,7 +6,7 @@ import pytest
 
 from vfw.memory import AddressSpace, MemoryRegion
 from vfw.qom import TABLE
-from vfw.timer import Clock
+from vfw.testing import ManualClock
 from vfw_board_pc.i8254 import PIT
 from vfw_board_pc.i8259 import PICPair
 
@@ -17,28 +17,6 @@ PIT_FREQ = 1_193_182
 def ticks_to_ns(ticks: int) -> int:
     """The first nanosecond at which ``ticks`` PIT clocks have elapsed."""
     return -(-ticks * 1_000_000_000 // PIT_FREQ)
-
-
-class ManualClock(Clock):
-    """A virtual clock that moves only when told to, firing its timers on the way."""
-
-    def __init__(self) -> None:
-        super().__init__("test", pausable=True)
-        self.now = 1_000_000_000
-
-    def now_ns(self) -> int:
-        return self.now
-
-    def advance(self, ns: int) -> None:
-        target = self.now + ns
-        while True:
-            deadline = self.timers.deadline_ns()
-            if deadline is None or self.now + deadline > target:
-                break
-            self.now += deadline
-            self.timers.run_expired()
-        self.now = target
-        self.timers.run_expired()
 
 
 class Board:

@@ -12,32 +12,13 @@ from vfw.machine import select_machine
 from vfw.memory import AddressSpace, MemoryRegion
 from vfw.qom import get_root, reset_root
 from vfw.runstate import Request, ShutdownCause
-from vfw.timer import Clock
+from vfw.testing import ManualClock
 from vfw_board_pc.debugexit import ISADebugExit, Port80, debug_exit_status
 from vfw_board_pc.i8042 import I8042, ResetControl
 from vfw_board_pc.isa import ISABus, ISADevice
 from vfw_board_pc.rtc import MC146818RTC, pc_cmos_memory
 
 MiB, GiB = 1 << 20, 1 << 30
-
-
-class ManualClock(Clock):
-    def __init__(self) -> None:
-        super().__init__("manual", pausable=True)
-        self.t = 5_000_000_000
-
-    def now_ns(self) -> int:
-        return self.t
-
-    def advance(self, ns: int) -> None:
-        end = self.t + ns
-        while True:
-            delta = self.timers.deadline_ns()
-            if delta is None or self.t + delta > end:
-                break
-            self.t += delta
-            self.timers.run_expired()
-        self.t = end
 
 
 class Board:
@@ -47,7 +28,7 @@ class Board:
         self.levels = [0] * 16
         self.edges = [0] * 16
         self.bus = ISABus.create(self.io, [IRQ(self._irq, n) for n in range(16)])
-        self.clock = ManualClock()
+        self.clock = ManualClock(start_ns=5_000_000_000)
 
     def _irq(self, n: int, level: int) -> None:
         if level and not self.levels[n]:
@@ -273,17 +254,17 @@ def test_cmos_memory_bytes(board):
 def count_periodic(board: Board, seconds: float) -> int:
     """Run like a guest's IRQ 8 handler: at every rising edge, read C."""
     count = 0
-    end = board.clock.t + int(seconds * 10**9)
+    end = board.clock.now + int(seconds * 10**9)
     while True:
         delta = board.clock.timers.deadline_ns()
-        if delta is None or board.clock.t + delta > end:
+        if delta is None or board.clock.now + delta > end:
             break
         board.clock.advance(delta)
         if board.levels[8]:
             assert cmos(board, 0x0C) & 0xC0 == 0xC0
             assert board.levels[8] == 0
             count += 1
-    board.clock.advance(end - board.clock.t)
+    board.clock.advance(end - board.clock.now)
     return count
 
 

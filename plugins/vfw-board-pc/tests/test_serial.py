@@ -14,7 +14,7 @@ from vfw.irq import IRQ
 from vfw.main_loop import main_loop
 from vfw.memory import AddressSpace, MemoryRegion
 from vfw.qom import reset_root
-from vfw.timer import Clock
+from vfw.testing import ManualClock
 from vfw_board_pc.isa import ISABus
 from vfw_board_pc.serial import ISASerial
 
@@ -22,27 +22,6 @@ RBR = THR = DLL = 0
 IER = DLM = 1
 IIR = FCR = 2
 LCR, MCR, LSR, MSR, SCR = 3, 4, 5, 6, 7
-
-
-class ManualClock(Clock):
-    """A virtual clock the test moves by hand, firing timers on the way."""
-
-    def __init__(self) -> None:
-        super().__init__("manual", pausable=True)
-        self.t = 1_000_000_000
-
-    def now_ns(self) -> int:
-        return self.t
-
-    def advance(self, ns: int) -> None:
-        end = self.t + ns
-        while True:
-            delta = self.timers.deadline_ns()
-            if delta is None or self.t + delta > end:
-                break
-            self.t += delta
-            self.timers.run_expired()
-        self.t = end
 
 
 class Board:
