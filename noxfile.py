@@ -3,14 +3,20 @@
 `nox` runs them all (what CI runs); `nox -s tests` the full suite only. Selective-install
 sessions install the distributions as a user would (non-editable, from their directories) and
 run the same test suites; tests marked ``requires``/``requires_absent`` select themselves.
+Each of them (and ``everything``: all five plus the examples/vfw-dev-edu plugin) then builds a
+wheel and an sdist of every distribution it installed and checks their metadata with
+tools/check_dist.py.
 """
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["tests", "core_only", "core_tcg", "core_kvm", "lint", "typecheck"]
+nox.options.sessions = ["tests", "core_only", "core_tcg", "core_kvm", "everything", "lint",
+                        "typecheck"]
 nox.options.reuse_existing_virtualenvs = False
 
 CORE = "./vfw-core"
@@ -18,6 +24,8 @@ KVM = "./plugins/vfw-accel-kvm"
 TCG = "./plugins/vfw-accel-tcg"
 PC = "./plugins/vfw-board-pc"
 VIRTIO = "./plugins/vfw-dev-virtio"
+#: The third-party plugin example (depends on vfw-core only).
+EDU = "./examples/vfw-dev-edu"
 TEST_DEPS = ("pytest>=7", "hypothesis>=6")
 # Environment that tests read: strictness (skips become failures) passes through from CI.
 PASSTHROUGH = ("VFW_TESTS_STRICT", "HYPOTHESIS_PROFILE")
@@ -26,6 +34,20 @@ PASSTHROUGH = ("VFW_TESTS_STRICT", "HYPOTHESIS_PROFILE")
 def _pytest(session: nox.Session, *paths: str) -> None:
     env = {"VFW_CACHE_DIR": f"{session.virtualenv.location}/vfw-cache"}
     session.run("pytest", *paths, *session.posargs, env=env)
+
+
+def _check_dists(session: nox.Session, *dists: str) -> None:
+    """Build a wheel and an sdist of each distribution (``python -m build``, isolated) and check
+    their metadata (dependencies, entry points, Python requirement, README) against its
+    pyproject.toml with tools/check_dist.py."""
+    session.install("build")
+    out = session.create_tmp()
+    for dist in dists:
+        outdir = f"{out}/dist-{dist.rstrip('/').rsplit('/', 1)[-1]}"
+        shutil.rmtree(outdir, ignore_errors=True)
+        session.run("python", "-m", "build", "--wheel", "--sdist", "--outdir", outdir, dist,
+                    silent=True)
+        session.run("python", "tools/check_dist.py", dist, outdir)
 
 
 @nox.session
@@ -42,6 +64,7 @@ def core_only(session: nox.Session) -> None:
     session.install(*TEST_DEPS)
     session.install(CORE)
     _pytest(session, "vfw-core/tests", "tests")
+    _check_dists(session, CORE)
 
 
 @nox.session
@@ -50,6 +73,7 @@ def core_tcg(session: nox.Session) -> None:
     session.install(*TEST_DEPS)
     session.install(CORE, PC, TCG)
     _pytest(session, "vfw-core/tests", "tests", PC, TCG)
+    _check_dists(session, CORE, PC, TCG)
 
 
 @nox.session
@@ -58,6 +82,17 @@ def core_kvm(session: nox.Session) -> None:
     session.install(*TEST_DEPS)
     session.install(CORE, PC, KVM)
     _pytest(session, "vfw-core/tests", "tests", PC, KVM)
+    _check_dists(session, CORE, PC, KVM)
+
+
+@nox.session
+def everything(session: nox.Session) -> None:
+    """All five distributions and the edu example plugin, installed non-editable as a user
+    would: every suite, and every distribution's wheel and sdist checked."""
+    session.install(*TEST_DEPS)
+    session.install(CORE, KVM, TCG, PC, VIRTIO, EDU)
+    _pytest(session, "vfw-core/tests", "plugins", "tests", f"{EDU}/tests")
+    _check_dists(session, CORE, KVM, TCG, PC, VIRTIO, EDU)
 
 
 @nox.session

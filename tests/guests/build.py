@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-GUESTS = ("hello", "smp")
+GUESTS = ("hello", "smp", "exits", "spin", "gdbtarget", "edu", "virtio_blk")
 CFLAGS = ("-m32", "-march=i686", "-O2", "-ffreestanding", "-fno-pic", "-fno-stack-protector",
           "-fno-asynchronous-unwind-tables", "-nostdlib", "-nostdinc", "-static", "-no-pie",
           "-Wall", "-Werror", "-Wno-unused-function")

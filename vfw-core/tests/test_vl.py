@@ -89,9 +89,18 @@ def test_device_errors_use_qemu_wording(site):
         .endswith("Duplicate ID 'a' for device")
     assert one_line_error(site.vfw(*RUN, "-device", "good-dev,bus=pci.7")) == \
         "vfw: -device good-dev,bus=pci.7: Bus 'pci.7' not found"
-    # One of ours, not installed: say which distribution provides it.
-    assert one_line_error(site.vfw(*RUN, "-device", "virtio-blk-pci", VFW_DISABLE_PLUGINS=
-                                   "vfw-dev-virtio")).endswith(
+
+
+@pytest.mark.requires("vfw-dev-virtio")
+def test_device_of_ours_missing_from_the_installed_distribution(site):
+    assert one_line_error(site.vfw(*RUN, "-device", "virtio-nosuch-pci")).endswith(
+        "'virtio-nosuch-pci' is not a valid device model name (vfw-dev-virtio 0.1.0 is"
+        " installed but does not provide it)")
+
+
+@pytest.mark.requires_absent("vfw-dev-virtio")
+def test_device_of_ours_not_installed_names_the_distribution(site):
+    assert one_line_error(site.vfw(*RUN, "-device", "virtio-blk-pci")).endswith(
         "'virtio-blk-pci' is not a valid device model name (provided by vfw-dev-virtio, which"
         " is not installed: pip install vfw-dev-virtio)")
 

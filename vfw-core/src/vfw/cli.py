@@ -12,13 +12,16 @@ from .qom import TABLE
 
 EXAMPLES = """\b
 Examples:
-  vfw run                          boot the built-in guest on the default
-                                   machine (KVM if usable, else TCG)
-  vfw run -accel tcg -m 512 -nographic -kernel bzImage -initrd initrd.gz \\
-          -append "console=ttyS0"  boot Linux on the software CPU
-  vfw run -machine help            list machines (and the plugin of each)
-  vfw run -device help             list devices; -device NAME,help its options
-  vfw plugins                      installed plugins, their types and errors
+  vfw run                          boot vfw's built-in guest on the default machine
+                                   (KVM if usable, else TCG): it prints the CPU,
+                                   memory and PCI devices it sees, then powers off
+  vfw run -device virtio-rng-pci   the same with a device added (the guest reads it)
+  vfw run -accel tcg -m 512 -nographic -kernel bzImage \\
+          -initrd initrd.gz -append console=ttyS0
+                                   boot Linux on the software CPU
+  vfw run -machine help            list machines (and the plugin providing each)
+  vfw run -device help             list devices; -device NAME,help lists its options
+  vfw plugins                      installed plugins, their types and load errors
   vfw types --dot | dot -Tsvg > types.svg
                                    draw the type hierarchy
 """
@@ -64,8 +67,9 @@ def cli(disabled: tuple[str, ...], no_plugin_autoload: bool, enabled: tuple[str,
 def _run_help() -> str:
     from .cmdline import help_text
 
-    return ("Run a virtual machine. Options are QEMU's, with one or two dashes.\n\n" + EXAMPLES
-            + "\n\b\n" + help_text())
+    return ("Run a virtual machine. Options are QEMU's, with one or two dashes; with none,"
+            " vfw boots its built-in guest.\n\n" + EXAMPLES
+            + "\n\b\nQEMU options:\n" + help_text())
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,

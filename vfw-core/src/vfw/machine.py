@@ -7,8 +7,9 @@ A board plugin registers machine types named ``<name>-machine`` (QEMU's naming),
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import MachineError
 from .props import BOOL, STR, prop
@@ -74,6 +75,10 @@ class Machine(Object):
         self.kick_vcpus: Callable[[], None] = lambda: None
         #: Called (under the BQL) by system_reset after devices are reset: CPUs, firmware.
         self.reset_hooks: list[Callable[[], None]] = []
+        #: Called as ``listener(event, data, (seconds, microseconds))`` for QMP events (STOP,
+        #: RESUME, RESET, SHUTDOWN, POWERDOWN...): the monitors subscribe here.
+        self.event_listeners: list[Callable[[str, dict[str, Any] | None, tuple[int, int]],
+                                            None]] = []
 
     @classmethod
     def machine_name(cls) -> str:
@@ -99,6 +104,22 @@ class Machine(Object):
 
     def request_stop(self) -> None:
         self._set_request(Request.STOP, None)
+
+    def request_cont(self) -> None:
+        """Resume from prelaunch (-S) or paused (a monitor's ``cont``)."""
+        self._set_request(Request.CONT, None)
+
+    def emit_event(self, event: str, data: dict[str, Any] | None = None) -> None:
+        """Tell every listener (the QMP monitors) about ``event``, stamped now."""
+        now = time.time()
+        stamp = (int(now), int((now % 1) * 1_000_000))
+        for listener in list(self.event_listeners):
+            listener(event, data, stamp)
+
+    def powerdown(self) -> None:
+        """The power button (QMP's system_powerdown). Boards with ACPI override this to
+        press their power button; the base only reports the POWERDOWN event."""
+        self.emit_event("POWERDOWN")
 
     def _set_request(self, request: Request, cause: ShutdownCause | None) -> None:
         # A shutdown is never downgraded by a later reset or stop.

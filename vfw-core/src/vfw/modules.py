@@ -446,4 +446,8 @@ def missing_type_hint(type_name: str) -> str:
     dist = known_provider(type_name)
     if dist is None:
         return ""
+    installed = loader().dists.get(_norm(dist)) or next(
+        (d for d in loader().distributions() if _norm(d.name) == _norm(dist)), None)
+    if installed is not None:  # ours and installed, but this version has no such type
+        return f" ({installed.label} is installed but does not provide it)"
     return f" (provided by {dist}, which is not installed: pip install {dist})"

@@ -40,3 +40,5 @@ class Request(enum.Enum):
     SHUTDOWN = "shutdown"
     RESET = "reset"
     STOP = "stop"
+    #: Leave prelaunch (-S) or paused: a monitor's ``cont``.
+    CONT = "cont"

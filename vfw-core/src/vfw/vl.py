@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .options import Opts
     from .qdev import Bus, Device
     from .qom import Object
+    from .runstate import ShutdownCause
 
 #: Accelerators tried when the user names none: KVM where it works, else TCG.
 DEFAULT_ACCELS = ("kvm", "tcg")
@@ -173,7 +174,7 @@ def accel_choices(cl: CommandLine, machine_opts: Opts | None
 
 def build(cl: CommandLine) -> Machine:
     """Create and initialise the machine the command line describes (without running it)."""
-    from . import log
+    from . import block, log, net
     from .accel import init_accelerator
     from .machine import select_machine
     from .modules import loader
@@ -185,6 +186,9 @@ def build(cl: CommandLine) -> Machine:
         log.set_mask(cl.values["d"])
     if "D" in cl.values:
         log.set_file(cl.values["D"])
+    from .legacy_options import rewrite_legacy
+
+    rewrite_legacy(cl)  # -hda.. and -net onto -drive/-netdev/-device
     machine_opts = _merged(cl, "machine")
     mcls = select_machine(machine_opts.get("type") if machine_opts else None)
     choices, default_accel = accel_choices(cl, machine_opts)
@@ -218,6 +222,8 @@ def build(cl: CommandLine) -> Machine:
     hooks = loader().hooks()
     hooks.vfw_machine_created(machine=machine)
     init_accelerator(machine, choices, default_accel)
+    block.init_drives(machine, cl)
+    net.init_netdevs(machine, cl)
     machine.init()
     for opts in cl.opts("device"):
         try:
@@ -226,12 +232,37 @@ def build(cl: CommandLine) -> Machine:
             raise exc.located("-device", opts.text) from None
         except VfwError as exc:
             raise OptionError(str(exc), "-device", opts.text) from None
+    block.create_if_virtio_devices(machine, cl)
     hooks.vfw_machine_ready(machine=machine)
     return machine
 
 
+def _wait_for_request(machine: Machine) -> None:
+    """Serve the main loop (monitors, timers) until a request is pending: while paused or
+    in prelaunch nobody else polls it."""
+    from .main_loop import main_loop
+
+    loop = main_loop()
+    kick = machine.kick_vcpus
+    machine.kick_vcpus = loop.notify  # no vCPU runs: a request (a signal's) wakes the loop
+    try:
+        while not machine.request_event.is_set():
+            loop.poll(None)
+    finally:
+        machine.kick_vcpus = kick
+
+
+def _event_data(cause: ShutdownCause | None, default: ShutdownCause) -> dict[str, Any]:
+    cause = cause or default
+    return {"guest": cause.from_guest, "reason": cause.value}
+
+
 def run_machine(machine: Machine, start_paused: bool) -> int:
-    """Run until the machine shuts down; returns vfw's exit status (QEMU's main_loop)."""
+    """Run until the machine shuts down; returns vfw's exit status (QEMU's main_loop).
+
+    Paused (``-S``, a monitor's ``stop``) the loop serves the main loop until a monitor's
+    ``cont`` (Request.CONT), a reset (done at once; the machine stays paused) or a shutdown.
+    """
     from .main_loop import BQL
     from .modules import loader
     from .runstate import Request, RunState, ShutdownCause
@@ -240,33 +271,39 @@ def run_machine(machine: Machine, start_paused: bool) -> int:
     accel = machine.accel
     assert accel is not None
     hooks = loader().hooks()
-    if start_paused:  # -S: wait for a monitor's cont (or a signal)
-        CLOCK_VIRTUAL.pause()
-        machine.request_event.wait()
-        request = machine.take_request()
-        if request is not None and request[0] is Request.SHUTDOWN:
-            hooks.vfw_machine_shutdown(machine=machine, reason=request[1].value if request[1]
-                                       else "host-signal")
-            return machine.exit_code
-        CLOCK_VIRTUAL.resume()
+    paused = start_paused
     while True:
-        machine.runstate = RunState.RUNNING
-        accel.run(machine)
-        request = machine.take_request() or (Request.SHUTDOWN, ShutdownCause.GUEST_SHUTDOWN)
-        kind, cause = request
+        if paused:  # -S or stop: wait for cont (or a reset, or the end)
+            CLOCK_VIRTUAL.pause()
+            _wait_for_request(machine)
+            request = machine.take_request()
+            kind, cause = request if request is not None else (Request.STOP, None)
+            CLOCK_VIRTUAL.resume()
+            if kind is Request.CONT:
+                paused = False
+                machine.runstate = RunState.RUNNING
+                machine.emit_event("RESUME")
+                continue
+        else:
+            machine.runstate = RunState.RUNNING
+            accel.run(machine)
+            request = machine.take_request() or (Request.SHUTDOWN,
+                                                 ShutdownCause.GUEST_SHUTDOWN)
+            kind, cause = request
         if kind is Request.SHUTDOWN:
             machine.runstate = RunState.SHUTDOWN
-            hooks.vfw_machine_shutdown(machine=machine,
-                                       reason=(cause or ShutdownCause.GUEST_SHUTDOWN).value)
+            cause = cause or ShutdownCause.GUEST_SHUTDOWN
+            machine.emit_event("SHUTDOWN", _event_data(cause, ShutdownCause.GUEST_SHUTDOWN))
+            hooks.vfw_machine_shutdown(machine=machine, reason=cause.value)
             return machine.exit_code
         if kind is Request.RESET:
             with BQL:
                 machine.system_reset()
-        elif kind is Request.STOP:
+                machine.emit_event("RESET", _event_data(cause, ShutdownCause.GUEST_RESET))
+        elif kind is Request.STOP and not paused:
+            paused = True
             machine.runstate = RunState.PAUSED
-            CLOCK_VIRTUAL.pause()
-            machine.request_event.wait()
-            CLOCK_VIRTUAL.resume()
+            machine.emit_event("STOP")
 
 
 def _install_signal_handlers(machine: Machine) -> None:
@@ -293,8 +330,18 @@ def main(argv: list[str]) -> int:
         print(text)
         return 0
     machine = build(cl)
+    from .gdbstub import create_gdbstub
+    from .monitor import close_monitors, create_monitors
+
+    monitors = create_monitors(machine, cl)
+    stub = create_gdbstub(machine, cl)
     _install_signal_handlers(machine)
-    return run_machine(machine, start_paused="S" in cl.flags)
+    try:
+        return run_machine(machine, start_paused="S" in cl.flags)
+    finally:
+        if stub is not None:
+            stub.close(machine.exit_code)
+        close_monitors(monitors)
 
 
 def run_cli(argv: list[str]) -> int:

@@ -365,6 +365,10 @@ class KvmAccel(Accel):
         except OSError as exc:  # a guest-programmed address/data the kernel refuses
             guest_log.debug("kvm: MSI 0x%x <- 0x%x not delivered: %s", address, data, exc)
 
+    def set_guest_debug(self, *args: Any) -> None:  # the gdbstub's breakpoints and steps
+        from .guest_debug import set_guest_debug
+        set_guest_debug(self, *args)
+
     # -- running ------------------------------------------------------------------------------
     def kick_vcpus(self) -> None:
         for vcpu in self.vcpus:

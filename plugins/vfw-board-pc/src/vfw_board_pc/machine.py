@@ -315,6 +315,13 @@ class PCI440FXMachine(Machine):
             0x100000 - isa_size, MemoryRegion.alias("isa-bios", bios, size - isa_size, isa_size),
             priority=1)
 
+    def powerdown(self) -> None:
+        """QMP system_powerdown: press the ACPI power button (the guest decides)."""
+        super().powerdown()  # the POWERDOWN event
+        pm = getattr(self, "acpi_pm", None)
+        if pm is not None:
+            pm.power_button()
+
     # -- reset --------------------------------------------------------------------------------
     def _reset_cpus(self) -> None:
         """Power-on state for every CPU, then the boot image and its entry state (a reset

@@ -1,0 +1,264 @@
+"""virtio-net (virtio 1.x section 5.1) over a :mod:`vfw.net` back end: ``virtio-net-pci``.
+
+Queue 0 receives, queue 1 transmits. The tap back end uses the same 12-byte virtio-net header
+as a VERSION_1 driver, so frames move with ``readv``/``writev`` straight between the tap and
+the guest's buffers. Receiving runs from the main loop while the tap is readable and the
+driver has posted buffers; when the rx ring is empty the device stops polling the tap until the
+driver kicks queue 0. The offloads the tap may deliver follow the guest's GUEST_* features.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from typing import Any
+
+from vfw import net as netdev
+from vfw.errors import BackendError, VfwError
+from vfw.main_loop import BQL
+from vfw.props import BOOL, MACADDR, STR, prop
+from vfw.qom import register_type
+
+from .device import VirtioDevice
+from .pci import VirtioPCI
+from .virtqueue import VirtqueueError
+
+guest_log = logging.getLogger("vfw.guest_errors")
+log = logging.getLogger("vfw.virtio")
+
+VIRTIO_ID_NET = 1
+RX_QUEUE, TX_QUEUE = 0, 1
+QUEUE_SIZE = 256
+HDR_LEN = 12
+#: Frames handled per main-loop callback / per kick, so one device cannot starve the loop.
+BATCH = 256
+
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
+VIRTIO_NET_F_MTU = 3
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
+VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_S_LINK_UP = 1
+
+_mac_counter = 0
+
+
+def _default_mac() -> bytes:
+    """QEMU's scheme: 52:54:00:12:34:56, then :57, ... for each NIC without mac=."""
+    global _mac_counter
+    mac = bytes([0x52, 0x54, 0x00, 0x12, 0x34, (0x56 + _mac_counter) & 0xFF])
+    _mac_counter += 1
+    return mac
+
+
+@register_type
+class VirtioNet(VirtioDevice):
+    """The NIC model behind ``virtio-net-pci``."""
+
+    TYPE = "virtio-net-device"
+    VIRTIO_ID = VIRTIO_ID_NET
+
+    def instance_init(self) -> None:
+        self.backend: netdev.NetBackend | None = None
+        self.mac = b"\x52\x54\x00\x12\x34\x56"
+        self.link_up = True
+        self.features = 0
+        self.offloads = True
+        self.tx_dropped = 0
+        self.rx_frames = 0
+        self.tx_frames = 0
+
+    def queue_sizes(self) -> list[int]:
+        return [QUEUE_SIZE, QUEUE_SIZE]
+
+    def device_features(self) -> int:
+        f = 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+        if self.offloads and self.backend is not None:
+            for bit in (VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+                        VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN,
+                        VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+                        VIRTIO_NET_F_HOST_ECN):
+                f |= 1 << bit
+        return f
+
+    def config_bytes(self) -> bytes:
+        status = VIRTIO_NET_S_LINK_UP if self.link_up else 0
+        return self.mac + struct.pack("<HHH", status, 1, 1500)
+
+    def set_link(self, up: bool) -> None:
+        """Link status (QEMU's set_link): changes the config and interrupts the driver."""
+        if up != self.link_up:
+            self.link_up = up
+            self.transport.notify_config()
+            if up:
+                self._update_polling()
+
+    def set_features(self, features: int) -> None:
+        super().set_features(features)
+        if self.backend is None:
+            return
+        flags = 0
+        if features >> VIRTIO_NET_F_GUEST_CSUM & 1:
+            flags |= netdev.TUN_F_CSUM
+            if features >> VIRTIO_NET_F_GUEST_TSO4 & 1:
+                flags |= netdev.TUN_F_TSO4
+            if features >> VIRTIO_NET_F_GUEST_TSO6 & 1:
+                flags |= netdev.TUN_F_TSO6
+            if features >> VIRTIO_NET_F_GUEST_ECN & 1:
+                flags |= netdev.TUN_F_TSO_ECN
+        try:
+            self.backend.set_offload(flags)
+        except BackendError as exc:
+            log.warning("virtio-net: %s", exc)
+
+    def driver_ok(self) -> None:
+        self._update_polling()
+
+    def virtio_reset(self) -> None:
+        super().virtio_reset()
+        if self.backend is not None:
+            self.backend.set_reader(None)
+            try:
+                self.backend.set_offload(0)
+            except BackendError:
+                pass
+
+    def _can_receive(self) -> bool:
+        return (self.backend is not None and self.link_up and self.transport.driver_running())
+
+    def _update_polling(self) -> None:
+        if self.backend is None:
+            return
+        self.backend.set_reader(self._rx_ready if self._can_receive() else None)
+
+    # -- transmit ------------------------------------------------------------------------
+    def handle_queue(self, index: int) -> None:
+        if index == RX_QUEUE:  # new rx buffers: poll the tap again
+            self._update_polling()
+            return
+        q = self.transport.virtqueue(index)
+        pushed = False
+        for _ in range(2 * q.size):  # bounded: a driver may keep adding from another vCPU
+            elem = q.pop()
+            if elem is None:
+                break
+            if elem.out_len < HDR_LEN:
+                raise VirtqueueError("virtio-net: tx buffer shorter than the header")
+            if self.backend is not None and self.link_up:
+                try:
+                    os.writev(self.backend.fd, elem.out)
+                    self.tx_frames += 1
+                except OSError as exc:
+                    self.tx_dropped += 1
+                    if exc.errno not in (errno.EAGAIN, errno.EIO, errno.EINVAL):
+                        log.warning("virtio-net: tap write: %s", exc)
+            q.push(elem.head, 0)
+            pushed = True
+        else:
+            self.transport.requeue(index)
+        if pushed:
+            self.transport.notify_queue(index)
+
+    # -- receive -------------------------------------------------------------------------
+    def _rx_ready(self) -> None:
+        with BQL:
+            try:
+                self._receive()
+            except VirtqueueError as exc:
+                self.transport.set_broken(str(exc))
+
+    def _receive(self) -> None:
+        if not self._can_receive():
+            self._update_polling()
+            return
+        assert self.backend is not None
+        q = self.transport.virtqueue(RX_QUEUE)
+        if not q.ready:
+            self.backend.set_reader(None)
+            return
+        pushed = False
+        for _ in range(BATCH):
+            elem = q.pop()
+            if elem is None:
+                self.backend.set_reader(None)  # until the driver posts buffers
+                break
+            if elem.in_len < HDR_LEN or elem.out_len:
+                raise VirtqueueError("virtio-net: rx buffer shorter than the header or "
+                                     "device-readable")
+            try:
+                n = os.readv(self.backend.fd, elem.in_)
+            except BlockingIOError:
+                q.unpop()
+                break
+            except OSError as exc:
+                q.unpop()
+                log.warning("virtio-net: tap read: %s", exc)
+                break
+            _set_num_buffers(elem.in_)
+            q.push(elem.head, n)
+            self.rx_frames += 1
+            pushed = True
+        if pushed:
+            self.transport.notify_queue(RX_QUEUE)
+
+
+def _set_num_buffers(views: list[memoryview]) -> None:
+    """num_buffers (u16 at offset 10 of the header) = 1."""
+    value = b"\x01\x00"
+    pos = 0
+    for v in views:
+        for i in range(len(v)):
+            if 10 <= pos < 12:
+                v[i] = value[pos - 10]
+            pos += 1
+            if pos >= 12:
+                return
+
+
+@register_type
+class VirtioNetPCI(VirtioPCI):
+    """``-device virtio-net-pci,netdev=ID``: a virtio 1.x NIC."""
+
+    TYPE = "virtio-net-pci"
+    DEVICE_ID = 0x1040 + VIRTIO_ID_NET
+    SUBSYSTEM_ID = VIRTIO_ID_NET
+    CLASS_ID = 0x0200
+    CATEGORY = "network"
+    DESC = "virtio 1.x network device"
+    VDEV_TYPE = VirtioNet
+
+    netdev = prop(STR, None, "ID of a -netdev")
+    mac = prop(MACADDR, None, "MAC address (default: 52:54:00:12:34:56 + n)")
+    mq = prop(BOOL, False, "multiqueue (accepted only as off)")
+    csum = prop(BOOL, True, "offer checksum/segmentation offloads")
+
+    def configure_vdev(self, vdev: Any) -> None:
+        super().configure_vdev(vdev)
+        if self.mq:
+            raise VfwError("virtio-net-pci: mq=on is not supported by vfw")
+        if self.netdev:
+            backend = netdev.find_netdev(self.netdev)
+            if backend is None:
+                raise VfwError(f"virtio-net-pci: Property 'virtio-net-pci.netdev' can't find "
+                               f"value '{self.netdev}'")
+            if backend.attached is not None and backend.attached is not self:
+                raise VfwError(f"virtio-net-pci: netdev '{self.netdev}' is already in use")
+            backend.attached = self
+            vdev.backend = backend
+        vdev.mac = self.mac if self.mac is not None else _default_mac()
+        vdev.offloads = self.csum
+
+    def unrealize(self) -> None:
+        super().unrealize()
+        backend = getattr(self.vdev, "backend", None)
+        if backend is not None and backend.attached is self:
+            backend.set_reader(None)
+            backend.attached = None
