@@ -1,13 +1,21 @@
-"""The ``tcg`` accelerator type."""
+"""The ``tcg`` accelerator type: runs every vCPU round-robin in the calling thread."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from vfw.accel import Accel
+from vfw.cpu import set_current_cpu
 from vfw.errors import AccelError
+from vfw.main_loop import main_loop
 from vfw.props import SIZE, EnumType, prop
 from vfw.qom import register_type
+
+#: Blocks a vCPU runs before the next one gets its turn.
+SLICE_BLOCKS = 1000
+#: How often (host ns) the main loop is polled for timers and file descriptors while running.
+POLL_NS = 2_000_000
 
 
 @register_type
@@ -21,10 +29,101 @@ class TcgAccel(Accel):
                   "vCPUs run round-robin in one thread (single) or one thread each (multi)")
     tb_size = prop(SIZE, 32 << 20, "translation cache size in bytes")
 
+    def instance_init(self) -> None:
+        self._tbc: Any = None
+        self._vcpus: dict[int, Any] = {}
+
     def init_machine(self, machine: Any) -> None:
         if self.thread == "multi":
             raise AccelError("tcg: thread=multi is not supported; vCPUs run round-robin"
                              " in one thread (thread=single)")
 
+    # -- vCPUs -----------------------------------------------------------------------------------
+    def cache(self) -> Any:
+        from .tbcache import TBCache
+
+        if self._tbc is None:
+            # Python code objects cost several times the source text: budget the source.
+            self._tbc = TBCache(max(int(self.tb_size) * 4, 1 << 20))
+        return self._tbc
+
+    def vcpu(self, cpu: Any, machine: Any) -> Any:
+        """The software CPU running ``cpu`` (created on first use)."""
+        from .vcpu import TcgCPU
+
+        v = self._vcpus.get(id(cpu))
+        if v is None or v.cpu is not cpu:
+            v = TcgCPU(self.cache(), cpu, machine)
+            self._vcpus[id(cpu)] = v
+            handlers = getattr(cpu, "kick_handlers", None)
+            if handlers is None:
+                handlers = []
+                try:
+                    cpu.kick_handlers = handlers
+                except AttributeError:
+                    handlers = None
+            if handlers is not None:
+                handlers.append(lambda v=v: self._kick(v))
+        return v
+
+    def _kick(self, v: Any) -> None:
+        v.exit_req = True
+        main_loop().notify()
+
+    def create_vcpu(self, cpu: Any) -> None:
+        machine = getattr(cpu, "machine", None)
+        if machine is not None:
+            self.vcpu(cpu, machine)
+
+    def synchronize_state(self, cpu: Any) -> None:
+        v = self._vcpus.get(id(cpu))
+        if v is not None:
+            v.sync_out()
+
+    def synchronize_post_reset(self, cpu: Any) -> None:
+        v = self._vcpus.get(id(cpu))
+        if v is not None:
+            v.sync_in()
+            v.exit_req = True
+
+    # -- running ---------------------------------------------------------------------------------
     def run(self, machine: Any) -> None:
-        raise AccelError("tcg: this version of vfw-accel-tcg cannot execute guest code yet")
+        if not machine.cpus:
+            raise AccelError("tcg: the machine has no CPUs to run")
+        vcpus = [self.vcpu(cpu, machine) for cpu in machine.cpus]
+
+        def kick_all() -> None:
+            for v in vcpus:
+                v.exit_req = True
+            main_loop().notify()
+
+        machine.kick_vcpus = kick_all
+        loop = main_loop()
+        event = machine.request_event
+        for v in vcpus:
+            v.sync_in()
+        next_poll = time.monotonic_ns() + POLL_NS
+        try:
+            while not event.is_set():
+                ran = False
+                for v in vcpus:
+                    if v.runnable():
+                        set_current_cpu(v.cpu)
+                        v.step(SLICE_BLOCKS)
+                        ran = True
+                    if event.is_set():
+                        break
+                if event.is_set():
+                    break
+                if not ran:
+                    loop.poll(None)  # all halted: sleep until a timer, an fd or a kick
+                    next_poll = time.monotonic_ns() + POLL_NS
+                    continue
+                now = time.monotonic_ns()
+                if now >= next_poll:
+                    loop.poll(0)
+                    next_poll = now + POLL_NS
+        finally:
+            for v in vcpus:
+                v.sync_out()
+            set_current_cpu(None)

@@ -1,0 +1,505 @@
+"""SSE/SSE2 integer and move instructions, MXCSR, FXSAVE/FXRSTOR.
+
+XMM registers are 128-bit ints in ``env.xmm``. Lane-wise operations unpack with struct; they
+are rare enough in kernels and the C library's string functions for that to be fine.
+Floating-point arithmetic is not implemented (such instructions raise #UD, logged).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from capstone import x86_const as X
+
+from . import mmu
+from .consts import CR0_EM, CR0_TS, M32, M64, MASK
+from .decode import GPR, OP_IMM, OP_MEM, OP_REG, XMM, Insn
+from .excp import CpuException
+
+if TYPE_CHECKING:
+    from .translate import Translator
+    from .vcpu import TcgCPU
+
+I = X  # noqa: E741
+M128 = (1 << 128) - 1
+_FMT = {1: struct.Struct("<16B"), 2: struct.Struct("<8H"), 4: struct.Struct("<4I"),
+        8: struct.Struct("<2Q")}
+
+
+def lanes(v: int, w: int) -> tuple[int, ...]:
+    return _FMT[w].unpack(v.to_bytes(16, "little"))
+
+
+def join(vals: list[int] | tuple[int, ...], w: int) -> int:
+    m = MASK[w]
+    return int.from_bytes(_FMT[w].pack(*(x & m for x in vals)), "little")
+
+
+def _signed(x: int, w: int) -> int:
+    s = 1 << (8 * w - 1)
+    return (x ^ s) - s
+
+
+def _binop(w: int, fn: Callable[[int, int], int]) -> Callable[[int, int], int]:
+    def op(a: int, b: int) -> int:
+        return join([fn(x, y) for x, y in zip(lanes(a, w), lanes(b, w), strict=True)], w)
+    return op
+
+
+def _sat_u(w: int, v: int) -> int:
+    return max(0, min(MASK[w], v))
+
+
+def _mk_ops() -> dict[str, Callable[[int, int], int]]:
+    ops: dict[str, Callable[[int, int], int]] = {}
+    for name, w in (("b", 1), ("w", 2), ("d", 4), ("q", 8)):
+        m = MASK[w]
+        ops[f"padd{name}"] = _binop(w, lambda x, y: x + y)
+        ops[f"psub{name}"] = _binop(w, lambda x, y: x - y)
+        ops[f"pcmpeq{name}"] = _binop(w, lambda x, y, m=m: m if x == y else 0)  # type: ignore
+        ops[f"pcmpgt{name}"] = _binop(  # type: ignore[misc]
+            w, lambda x, y, m=m, w=w: m if _signed(x, w) > _signed(y, w) else 0)
+    ops["pminub"] = _binop(1, min)
+    ops["pmaxub"] = _binop(1, max)
+    ops["pminsw"] = _binop(2, lambda x, y: x if _signed(x, 2) < _signed(y, 2) else y)
+    ops["pmaxsw"] = _binop(2, lambda x, y: x if _signed(x, 2) > _signed(y, 2) else y)
+    ops["psubusb"] = _binop(1, lambda x, y: _sat_u(1, x - y))
+    ops["psubusw"] = _binop(2, lambda x, y: _sat_u(2, x - y))
+    ops["paddusb"] = _binop(1, lambda x, y: _sat_u(1, x + y))
+    ops["paddusw"] = _binop(2, lambda x, y: _sat_u(2, x + y))
+    ops["pavgb"] = _binop(1, lambda x, y: (x + y + 1) >> 1)
+    ops["pavgw"] = _binop(2, lambda x, y: (x + y + 1) >> 1)
+    ops["pmullw"] = _binop(2, lambda x, y: x * y)
+    ops["pmulhuw"] = _binop(2, lambda x, y: (x * y) >> 16)
+    ops["pmulhw"] = _binop(2, lambda x, y: (_signed(x, 2) * _signed(y, 2)) >> 16)
+
+    def pmuludq(a: int, b: int) -> int:
+        return (((a & M32) * (b & M32)) | (((a >> 64) & M32) * ((b >> 64) & M32) << 64)) & M128
+    ops["pmuludq"] = pmuludq
+    ops["pxor"] = lambda a, b: a ^ b
+    ops["por"] = lambda a, b: a | b
+    ops["pand"] = lambda a, b: a & b
+    ops["pandn"] = lambda a, b: (a ^ M128) & b
+
+    def unpack(w: int, high: bool) -> Callable[[int, int], int]:
+        def fn(a: int, b: int) -> int:
+            la, lb = lanes(a, w), lanes(b, w)
+            half = len(la) // 2
+            sa = la[half:] if high else la[:half]
+            sb = lb[half:] if high else lb[:half]
+            out: list[int] = []
+            for x, y in zip(sa, sb, strict=True):
+                out += [x, y]
+            return join(out, w)
+        return fn
+    for name, w in (("bw", 1), ("wd", 2), ("dq", 4), ("qdq", 8)):
+        ops[f"punpckl{name}"] = unpack(w, False)
+        ops[f"punpckh{name}"] = unpack(w, True)
+    ops["unpcklps"] = unpack(4, False)
+    ops["unpckhps"] = unpack(4, True)
+    ops["unpcklpd"] = unpack(8, False)
+    ops["unpckhpd"] = unpack(8, True)
+
+    def packuswb(a: int, b: int) -> int:
+        vals = [_sat_u(1, _signed(x, 2)) for x in lanes(a, 2) + lanes(b, 2)]
+        return join(vals, 1)
+
+    def packsswb(a: int, b: int) -> int:
+        vals = [max(-128, min(127, _signed(x, 2))) for x in lanes(a, 2) + lanes(b, 2)]
+        return join(vals, 1)
+
+    def packssdw(a: int, b: int) -> int:
+        vals = [max(-32768, min(32767, _signed(x, 4))) for x in lanes(a, 4) + lanes(b, 4)]
+        return join(vals, 2)
+    ops["packuswb"] = packuswb
+    ops["packsswb"] = packsswb
+    ops["packssdw"] = packssdw
+
+    def psadbw(a: int, b: int) -> int:
+        la, lb = lanes(a, 1), lanes(b, 1)
+        lo = sum(abs(x - y) for x, y in zip(la[:8], lb[:8], strict=True))
+        hi = sum(abs(x - y) for x, y in zip(la[8:], lb[8:], strict=True))
+        return lo | (hi << 64)
+    ops["psadbw"] = psadbw
+    for n in ("xorps", "xorpd"):
+        ops[n] = ops["pxor"]
+    for n in ("andps", "andpd"):
+        ops[n] = ops["pand"]
+    for n in ("andnps", "andnpd"):
+        ops[n] = ops["pandn"]
+    for n in ("orps", "orpd"):
+        ops[n] = ops["por"]
+    return ops
+
+
+OPS = _mk_ops()
+
+
+def pshufd(v: int, imm: int) -> int:
+    la = lanes(v, 4)
+    return join([la[(imm >> (2 * i)) & 3] for i in range(4)], 4)
+
+
+def pshuflw(v: int, imm: int) -> int:
+    la = lanes(v, 2)
+    lo = [la[(imm >> (2 * i)) & 3] for i in range(4)]
+    return join(lo + list(la[4:]), 2)
+
+
+def pshufhw(v: int, imm: int) -> int:
+    la = lanes(v, 2)
+    hi = [la[4 + ((imm >> (2 * i)) & 3)] for i in range(4)]
+    return join(list(la[:4]) + hi, 2)
+
+
+def shufps(a: int, b: int, imm: int) -> int:
+    la, lb = lanes(a, 4), lanes(b, 4)
+    return join([la[imm & 3], la[(imm >> 2) & 3], lb[(imm >> 4) & 3], lb[(imm >> 6) & 3]], 4)
+
+
+def shufpd(a: int, b: int, imm: int) -> int:
+    la, lb = lanes(a, 8), lanes(b, 8)
+    return join([la[imm & 1], lb[(imm >> 1) & 1]], 8)
+
+
+def pmovmskb(v: int) -> int:
+    return sum(((x >> 7) & 1) << i for i, x in enumerate(lanes(v, 1)))
+
+
+def movmskps(v: int) -> int:
+    return sum(((x >> 31) & 1) << i for i, x in enumerate(lanes(v, 4)))
+
+
+def movmskpd(v: int) -> int:
+    return ((v >> 63) & 1) | (((v >> 127) & 1) << 1)
+
+
+def pshift(v: int, count: int, w: int, kind: str) -> int:
+    bits = 8 * w
+    if kind == "l":
+        if count >= bits:
+            return 0
+        return join([x << count for x in lanes(v, w)], w)
+    if kind == "r":
+        if count >= bits:
+            return 0
+        return join([x >> count for x in lanes(v, w)], w)
+    count = min(count, bits - 1)
+    return join([_signed(x, w) >> count for x in lanes(v, w)], w)
+
+
+def pslldq(v: int, n: int) -> int:
+    return 0 if n > 15 else (v << (8 * n)) & M128
+
+
+def psrldq(v: int, n: int) -> int:
+    return 0 if n > 15 else v >> (8 * n)
+
+
+def pinsrw(v: int, x: int, imm: int) -> int:
+    sh = 16 * (imm & 7)
+    return (v & ~(0xFFFF << sh) & M128) | ((x & 0xFFFF) << sh)
+
+
+def rd128(s: TcgCPU, lin: int, align: bool) -> int:
+    if align and lin & 15:
+        raise CpuException(13, 0)
+    lo = mmu.rd(s, lin, 8)
+    hi = mmu.rd(s, (lin + 8) & s.lin_mask, 8)
+    return lo | (hi << 64)
+
+
+def wr128(s: TcgCPU, lin: int, v: int, align: bool) -> None:
+    if align and lin & 15:
+        raise CpuException(13, 0)
+    mmu.check_write(s, lin, 16, s.cpl == 3)
+    mmu.wr(s, lin, 8, v & M64)
+    mmu.wr(s, (lin + 8) & s.lin_mask, 8, v >> 64)
+
+
+def ldmxcsr(s: TcgCPU, v: int) -> None:
+    if v & ~0xFFFF:
+        raise CpuException(13, 0)
+    s.env.mxcsr = v
+
+
+def fxsave(s: TcgCPU, lin: int, wide: bool) -> None:
+    if lin & 15:
+        raise CpuException(13, 0)
+    env = s.env
+    buf = bytearray(512)
+    struct.pack_into("<HHBxH", buf, 0, env.fcw, env.fsw, env.ftw & 0xFF, env.fop)
+    if wide:
+        struct.pack_into("<QQ", buf, 8, env.fip, env.fdp)
+    else:
+        struct.pack_into("<IxxxxIxxxx", buf, 8, env.fip & M32, env.fdp & M32)
+    struct.pack_into("<II", buf, 24, env.mxcsr, 0xFFFF)
+    for i in range(8):
+        buf[32 + 16 * i:42 + 16 * i] = (env.st[i] & ((1 << 80) - 1)).to_bytes(10, "little")
+    nx = 16 if s.mode.bits == 64 else 8
+    for i in range(nx):
+        buf[160 + 16 * i:176 + 16 * i] = env.xmm[i].to_bytes(16, "little")
+    mmu.check_write(s, lin, 512, s.cpl == 3)
+    for off in range(0, 512, 8):
+        mmu.wr(s, (lin + off) & s.lin_mask, 8, int.from_bytes(buf[off:off + 8], "little"))
+
+
+def fxrstor(s: TcgCPU, lin: int, wide: bool) -> None:
+    if lin & 15:
+        raise CpuException(13, 0)
+    env = s.env
+    buf = b"".join(mmu.rd(s, (lin + off) & s.lin_mask, 8).to_bytes(8, "little")
+                   for off in range(0, 512, 8))
+    mxcsr = struct.unpack_from("<I", buf, 24)[0]
+    if mxcsr & ~0xFFFF:
+        raise CpuException(13, 0)
+    env.fcw, env.fsw, env.ftw, env.fop = struct.unpack_from("<HHBxH", buf, 0)
+    if wide:
+        env.fip, env.fdp = struct.unpack_from("<QQ", buf, 8)
+    else:
+        env.fip, env.fdp = struct.unpack_from("<IxxxxIxxxx", buf, 8)
+    env.mxcsr = mxcsr
+    for i in range(8):
+        env.st[i] = int.from_bytes(buf[32 + 16 * i:42 + 16 * i], "little")
+    nx = 16 if s.mode.bits == 64 else 8
+    for i in range(nx):
+        env.xmm[i] = int.from_bytes(buf[160 + 16 * i:176 + 16 * i], "little")
+
+
+# -- emitters --------------------------------------------------------------------------------
+
+_MOV128 = {I.X86_INS_MOVAPS: True, I.X86_INS_MOVAPD: True, I.X86_INS_MOVDQA: True,
+           I.X86_INS_MOVUPS: False, I.X86_INS_MOVUPD: False, I.X86_INS_MOVDQU: False,
+           I.X86_INS_LDDQU: False, I.X86_INS_MOVNTDQ: True, I.X86_INS_MOVNTPS: True,
+           I.X86_INS_MOVNTPD: True, I.X86_INS_MOVNTDQA: True}
+_BIN = {getattr(I, f"X86_INS_{n.upper()}"): n for n in OPS if hasattr(I, f"X86_INS_{n.upper()}")}
+_SHIFT = {I.X86_INS_PSLLW: (2, "l"), I.X86_INS_PSLLD: (4, "l"), I.X86_INS_PSLLQ: (8, "l"),
+          I.X86_INS_PSRLW: (2, "r"), I.X86_INS_PSRLD: (4, "r"), I.X86_INS_PSRLQ: (8, "r"),
+          I.X86_INS_PSRAW: (2, "a"), I.X86_INS_PSRAD: (4, "a")}
+
+
+def sse_fallback(tr: Translator, insn: Insn) -> None:
+    """MOVSD/CMPSD with XMM operands share capstone ids with the string instructions."""
+    em = sse_emitters(tr)
+    if insn.id == I.X86_INS_MOVSD:
+        em[-1](insn)
+    else:
+        tr.unimplemented(insn, "SSE compare")
+
+
+def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
+    from .codegen import Untranslatable
+
+    def check(insn: Insn) -> None:
+        mode = tr.mode
+        if any(o.kind == OP_REG and o.rclass not in (XMM, GPR) for o in insn.ops):
+            raise Untranslatable("MMX register operand")
+        if mode.fpu_ts_em & CR0_EM or not mode.osfxsr:
+            tr.cg.emit("raise CpuException(6)")
+            from .translate import BlockEnd
+
+            raise BlockEnd()
+        if mode.fpu_ts_em & CR0_TS:
+            tr.cg.emit("raise CpuException(7)")
+            from .translate import BlockEnd
+
+            raise BlockEnd()
+        tr.cg.need.add("E")
+
+    def src128(insn: Insn, op: object, align: bool) -> str:
+        from .decode import Op
+
+        assert isinstance(op, Op)
+        cg = tr.cg
+        if op.kind == OP_REG:
+            return f"E.xmm[{op.reg}]"
+        cg.addr(op, insn)
+        t = cg.t("x")
+        cg.emit(f"{t} = RD128(s, a, {align})")
+        return t
+
+    def mov128(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        align = _MOV128[insn.id]
+        if d.kind == OP_MEM:
+            v = f"E.xmm[{s.reg}]"
+            cg.addr(d, insn)
+            cg.emit(f"WR128(s, a, {v}, {align})")
+            return
+        v = src128(insn, s, align)
+        cg.emit(f"E.xmm[{d.reg}] = {v}")
+
+    def binop(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        v = src128(insn, s, True)
+        cg.emit(f"E.xmm[{d.reg}] = SSE[{_BIN[insn.id]!r}](E.xmm[{d.reg}], {v})")
+
+    def movq_d(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        size = 4 if insn.id == I.X86_INS_MOVD else 8
+        if insn.id == I.X86_INS_MOVQ and s.kind == OP_REG and s.rclass == GPR:
+            size = 8
+        if d.kind == OP_REG and d.rclass == XMM:
+            if s.kind == OP_REG and s.rclass == XMM:
+                cg.emit(f"E.xmm[{d.reg}] = E.xmm[{s.reg}] & {M64}")
+                return
+            v = cg.read(s, insn, size)
+            cg.emit(f"E.xmm[{d.reg}] = {v}")
+            return
+        v = f"(E.xmm[{s.reg}] & {MASK[size]})"
+        if d.kind == OP_MEM:
+            cg.addr(d, insn)
+            cg.store("a", size, v)
+        else:
+            cg.rset(d.reg, size, v)
+
+    def movs_scalar(insn: Insn, size: int) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        m = MASK[size]
+        if d.kind == OP_MEM:
+            cg.addr(d, insn)
+            cg.store("a", size, f"(E.xmm[{s.reg}] & {m})")
+        elif s.kind == OP_MEM:
+            v = cg.read(s, insn, size)
+            cg.emit(f"E.xmm[{d.reg}] = {v}")
+        else:
+            cg.emit(f"E.xmm[{d.reg}] = (E.xmm[{d.reg}] & ~{m}) | (E.xmm[{s.reg}] & {m})")
+
+    def movhl(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        i = insn.id
+        high = i in (I.X86_INS_MOVHPS, I.X86_INS_MOVHPD)
+        if i == I.X86_INS_MOVHLPS:
+            cg.emit(f"E.xmm[{d.reg}] = (E.xmm[{d.reg}] & ~{M64}) | (E.xmm[{s.reg}] >> 64)")
+            return
+        if i == I.X86_INS_MOVLHPS:
+            cg.emit(f"E.xmm[{d.reg}] = (E.xmm[{d.reg}] & {M64}) | "
+                    f"((E.xmm[{s.reg}] & {M64}) << 64)")
+            return
+        if d.kind == OP_MEM:
+            cg.addr(d, insn)
+            v = f"(E.xmm[{s.reg}] >> 64)" if high else f"(E.xmm[{s.reg}] & {M64})"
+            cg.store("a", 8, v)
+            return
+        v = cg.read(s, insn, 8)
+        if high:
+            cg.emit(f"E.xmm[{d.reg}] = (E.xmm[{d.reg}] & {M64}) | ({v} << 64)")
+        else:
+            cg.emit(f"E.xmm[{d.reg}] = (E.xmm[{d.reg}] & ~{M64}) | {v}")
+
+    def shuf(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s, imm = insn.ops
+        v = src128(insn, s, True)
+        fn = {I.X86_INS_PSHUFD: "PSHUFD", I.X86_INS_PSHUFLW: "PSHUFLW",
+              I.X86_INS_PSHUFHW: "PSHUFHW"}.get(insn.id)
+        if fn is not None:
+            cg.emit(f"E.xmm[{d.reg}] = {fn}({v}, {imm.imm & 0xFF})")
+        else:
+            fn = "SHUFPS" if insn.id == I.X86_INS_SHUFPS else "SHUFPD"
+            cg.emit(f"E.xmm[{d.reg}] = {fn}(E.xmm[{d.reg}], {v}, {imm.imm & 0xFF})")
+
+    def pmovmsk(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        fn = {I.X86_INS_PMOVMSKB: "PMOVMSKB", I.X86_INS_MOVMSKPS: "MOVMSKPS",
+              I.X86_INS_MOVMSKPD: "MOVMSKPD"}[insn.id]
+        t = cg.t()
+        cg.emit(f"{t} = {fn}(E.xmm[{s.reg}])")
+        cg.rset(d.reg, 8 if d.size == 8 else 4, t)
+
+    def pshift_e(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        w, kind = _SHIFT[insn.id]
+        if s.kind == OP_IMM:
+            cnt = str(s.imm & 0xFF)
+        else:
+            v = src128(insn, s, True)
+            cnt = f"min({v} & {M64}, 255)"
+        cg.emit(f"E.xmm[{d.reg}] = PSHIFT(E.xmm[{d.reg}], {cnt}, {w}, {kind!r})")
+
+    def bshift(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        fn = "PSLLDQ" if insn.id == I.X86_INS_PSLLDQ else "PSRLDQ"
+        cg.emit(f"E.xmm[{d.reg}] = {fn}(E.xmm[{d.reg}], {s.imm & 0xFF})")
+
+    def pextrw(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s, imm = insn.ops
+        if d.kind != OP_REG or s.kind != OP_REG:
+            raise Untranslatable("pextrw form")
+        cg.rset(d.reg, 4, f"((E.xmm[{s.reg}] >> {16 * (imm.imm & 7)}) & 65535)")
+
+    def pinsrw_e(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s, imm = insn.ops
+        v = cg.read(s, insn, 2)
+        cg.emit(f"E.xmm[{d.reg}] = PINSRW(E.xmm[{d.reg}], {v}, {imm.imm & 7})")
+
+    def mxcsr(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        (op,) = insn.ops
+        if insn.id == I.X86_INS_LDMXCSR:
+            v = cg.read(op, insn, 4)
+            cg.emit(f"LDMXCSR(s, {v})")
+        else:
+            cg.addr(op, insn)
+            cg.store("a", 4, "E.mxcsr")
+
+    def fx(insn: Insn) -> None:
+        mode = tr.mode
+        if mode.fpu_ts_em & (CR0_TS | CR0_EM):
+            tr.cg.emit(f"raise CpuException({7 if mode.fpu_ts_em & CR0_TS else 6})")
+            from .translate import BlockEnd
+
+            raise BlockEnd()
+        cg = tr.cg
+        (op,) = insn.ops
+        cg.addr(op, insn)
+        wide = insn.id in (I.X86_INS_FXSAVE64, I.X86_INS_FXRSTOR64)
+        fn = "FXSAVE" if insn.id in (I.X86_INS_FXSAVE, I.X86_INS_FXSAVE64) else "FXRSTOR"
+        cg.emit(f"{fn}(s, a, {wide})")
+
+    t: dict[int, Callable[[Insn], None]] = {}
+    for i in _MOV128:
+        t[i] = mov128
+    for i in _BIN:
+        t[i] = binop
+    for i in _SHIFT:
+        t[i] = pshift_e
+    t.update({
+        I.X86_INS_MOVQ: movq_d, I.X86_INS_MOVD: movq_d,
+        I.X86_INS_MOVSS: lambda insn: movs_scalar(insn, 4),
+        -1: lambda insn: movs_scalar(insn, 8),
+        I.X86_INS_MOVLPS: movhl, I.X86_INS_MOVHPS: movhl, I.X86_INS_MOVLPD: movhl,
+        I.X86_INS_MOVHPD: movhl, I.X86_INS_MOVHLPS: movhl, I.X86_INS_MOVLHPS: movhl,
+        I.X86_INS_PSHUFD: shuf, I.X86_INS_PSHUFLW: shuf, I.X86_INS_PSHUFHW: shuf,
+        I.X86_INS_SHUFPS: shuf, I.X86_INS_SHUFPD: shuf, I.X86_INS_PMOVMSKB: pmovmsk,
+        I.X86_INS_MOVMSKPS: pmovmsk, I.X86_INS_MOVMSKPD: pmovmsk,
+        I.X86_INS_PSLLDQ: bshift, I.X86_INS_PSRLDQ: bshift, I.X86_INS_PEXTRW: pextrw,
+        I.X86_INS_PINSRW: pinsrw_e, I.X86_INS_LDMXCSR: mxcsr, I.X86_INS_STMXCSR: mxcsr,
+        I.X86_INS_FXSAVE: fx, I.X86_INS_FXSAVE64: fx, I.X86_INS_FXRSTOR: fx,
+        I.X86_INS_FXRSTOR64: fx,
+    })
+    return t

@@ -1,0 +1,1374 @@
+"""The block translator: decoded guest instructions to the source of one Python function.
+
+``translate_block`` decodes up to a block end (branch, mode change, page end), computes which
+flag results are ever read (liveness), then lets one emitter per instruction write Python lines
+through :class:`~.codegen.CodeGen`. Simple instructions become inline Python; complicated or
+privileged ones call helpers (``helpers.py``, ``system.py``, ``strings.py``, ``sse.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from capstone import x86_const as X
+
+from . import flags as F
+from .codegen import FLUSH, LOOP_BUDGET, RELOAD, CodeGen, Mode, Untranslatable
+from .consts import (
+    ARITH,
+    CF,
+    M16,
+    M32,
+    MASK,
+    OF,
+    R_DS,
+    R_ES,
+    R_SS,
+    SIGN,
+    ZF,
+)
+from .decode import GPR, MMX, OP_IMM, OP_MEM, OP_REG, SEG, XMM, Decoder, Insn
+
+I = X  # noqa: E741 - short alias for instruction ids
+
+MAX_INSNS = 48
+
+# Flag masks for liveness.
+ALL = ARITH
+C, Z = CF, ZF
+CC_READS = {0: OF, 2: CF, 4: ZF, 6: CF | ZF, 8: 0x80, 10: 0x4, 12: 0x80 | OF,
+            14: ZF | 0x80 | OF}
+
+JCC = {I.X86_INS_JO: 0, I.X86_INS_JNO: 1, I.X86_INS_JB: 2, I.X86_INS_JAE: 3, I.X86_INS_JE: 4,
+       I.X86_INS_JNE: 5, I.X86_INS_JBE: 6, I.X86_INS_JA: 7, I.X86_INS_JS: 8, I.X86_INS_JNS: 9,
+       I.X86_INS_JP: 10, I.X86_INS_JNP: 11, I.X86_INS_JL: 12, I.X86_INS_JGE: 13,
+       I.X86_INS_JLE: 14, I.X86_INS_JG: 15}
+SETCC = {I.X86_INS_SETO: 0, I.X86_INS_SETNO: 1, I.X86_INS_SETB: 2, I.X86_INS_SETAE: 3,
+         I.X86_INS_SETE: 4, I.X86_INS_SETNE: 5, I.X86_INS_SETBE: 6, I.X86_INS_SETA: 7,
+         I.X86_INS_SETS: 8, I.X86_INS_SETNS: 9, I.X86_INS_SETP: 10, I.X86_INS_SETNP: 11,
+         I.X86_INS_SETL: 12, I.X86_INS_SETGE: 13, I.X86_INS_SETLE: 14, I.X86_INS_SETG: 15}
+CMOVCC = {I.X86_INS_CMOVO: 0, I.X86_INS_CMOVNO: 1, I.X86_INS_CMOVB: 2, I.X86_INS_CMOVAE: 3,
+          I.X86_INS_CMOVE: 4, I.X86_INS_CMOVNE: 5, I.X86_INS_CMOVBE: 6, I.X86_INS_CMOVA: 7,
+          I.X86_INS_CMOVS: 8, I.X86_INS_CMOVNS: 9, I.X86_INS_CMOVP: 10, I.X86_INS_CMOVNP: 11,
+          I.X86_INS_CMOVL: 12, I.X86_INS_CMOVGE: 13, I.X86_INS_CMOVLE: 14,
+          I.X86_INS_CMOVG: 15}
+
+ALU = {I.X86_INS_ADD: F.ADD, I.X86_INS_SUB: F.SUB, I.X86_INS_CMP: F.SUB, I.X86_INS_ADC: F.ADC,
+       I.X86_INS_SBB: F.SBB, I.X86_INS_AND: F.LOGIC, I.X86_INS_OR: F.LOGIC,
+       I.X86_INS_XOR: F.LOGIC, I.X86_INS_TEST: F.LOGIC}
+ALU_OP = {I.X86_INS_ADD: "+", I.X86_INS_SUB: "-", I.X86_INS_CMP: "-", I.X86_INS_ADC: "+",
+          I.X86_INS_SBB: "-", I.X86_INS_AND: "&", I.X86_INS_OR: "|", I.X86_INS_XOR: "^",
+          I.X86_INS_TEST: "&"}
+SHIFTS = {I.X86_INS_SHL: "shl", I.X86_INS_SAL: "shl", I.X86_INS_SHR: "shr",
+          I.X86_INS_SAR: "sar", I.X86_INS_ROL: "rol", I.X86_INS_ROR: "ror",
+          I.X86_INS_RCL: "rcl", I.X86_INS_RCR: "rcr"}
+STRING_OPS = {
+    I.X86_INS_MOVSB: ("movs", 1), I.X86_INS_MOVSW: ("movs", 2), I.X86_INS_MOVSD: ("movs", 4),
+    I.X86_INS_MOVSQ: ("movs", 8), I.X86_INS_STOSB: ("stos", 1), I.X86_INS_STOSW: ("stos", 2),
+    I.X86_INS_STOSD: ("stos", 4), I.X86_INS_STOSQ: ("stos", 8), I.X86_INS_LODSB: ("lods", 1),
+    I.X86_INS_LODSW: ("lods", 2), I.X86_INS_LODSD: ("lods", 4), I.X86_INS_LODSQ: ("lods", 8),
+    I.X86_INS_CMPSB: ("cmps", 1), I.X86_INS_CMPSW: ("cmps", 2), I.X86_INS_CMPSD: ("cmps", 4),
+    I.X86_INS_CMPSQ: ("cmps", 8), I.X86_INS_SCASB: ("scas", 1), I.X86_INS_SCASW: ("scas", 2),
+    I.X86_INS_SCASD: ("scas", 4), I.X86_INS_SCASQ: ("scas", 8), I.X86_INS_INSB: ("ins", 1),
+    I.X86_INS_INSW: ("ins", 2), I.X86_INS_INSD: ("ins", 4), I.X86_INS_OUTSB: ("outs", 1),
+    I.X86_INS_OUTSW: ("outs", 2), I.X86_INS_OUTSD: ("outs", 4),
+}
+NOPS = {I.X86_INS_NOP, I.X86_INS_PAUSE, I.X86_INS_LFENCE, I.X86_INS_MFENCE, I.X86_INS_SFENCE,
+        I.X86_INS_PREFETCH, I.X86_INS_PREFETCHW, I.X86_INS_PREFETCHNTA,
+        I.X86_INS_PREFETCHT0, I.X86_INS_PREFETCHT1, I.X86_INS_PREFETCHT2, I.X86_INS_ENDBR64,
+        I.X86_INS_ENDBR32, I.X86_INS_CLFLUSH, I.X86_INS_CLFLUSHOPT, I.X86_INS_CLWB}
+
+#: Instructions after which the block ends (control transfers, mode or interrupt changes).
+ENDS_BLOCK = {
+    I.X86_INS_JMP, I.X86_INS_CALL, I.X86_INS_RET, I.X86_INS_RETF, I.X86_INS_LJMP,
+    I.X86_INS_LCALL, I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE, I.X86_INS_JCXZ,
+    I.X86_INS_JECXZ, I.X86_INS_JRCXZ, I.X86_INS_INT, I.X86_INS_INT3, I.X86_INS_INTO,
+    I.X86_INS_INT1, I.X86_INS_IRET, I.X86_INS_IRETD, I.X86_INS_IRETQ, I.X86_INS_SYSCALL,
+    I.X86_INS_SYSRET, I.X86_INS_SYSRETQ, I.X86_INS_SYSENTER, I.X86_INS_SYSEXIT,
+    I.X86_INS_SYSEXITQ, I.X86_INS_RETFQ, I.X86_INS_HLT, I.X86_INS_STI,
+    I.X86_INS_POPF, I.X86_INS_POPFD, I.X86_INS_POPFQ, I.X86_INS_IN, I.X86_INS_OUT,
+    I.X86_INS_INSB, I.X86_INS_INSW, I.X86_INS_INSD, I.X86_INS_OUTSB, I.X86_INS_OUTSW,
+    I.X86_INS_OUTSD, I.X86_INS_LGDT, I.X86_INS_LIDT, I.X86_INS_LLDT, I.X86_INS_LTR,
+    I.X86_INS_LMSW, I.X86_INS_CLTS, I.X86_INS_WRMSR, I.X86_INS_INVLPG, I.X86_INS_UD2,
+    I.X86_INS_UD0, I.X86_INS_UD1, I.X86_INS_RSM, I.X86_INS_SWAPGS, I.X86_INS_XSETBV,
+    I.X86_INS_FXRSTOR, I.X86_INS_FXRSTOR64, I.X86_INS_WBINVD, I.X86_INS_INVD,
+    I.X86_INS_CPUID,
+} | set(JCC)
+
+
+@dataclass
+class Block:
+    """The result of translating one block."""
+
+    source: str
+    name: str
+    ninsns: int
+    insns: list[Insn]
+    linemap: tuple[int, ...]
+    size: int  # guest bytes covered
+
+
+class BlockEnd(Exception):
+    """Raised by an emitter that ended the block (all paths returned)."""
+
+
+def _sx(expr: str, size: int) -> str:
+    s = SIGN[size]
+    return f"(({expr} ^ {s}) - {s})"
+
+
+class Translator:
+    """Turns guest code at one RIP into Python source for one mode."""
+
+    def __init__(self, mode: Mode, unimp_log: Callable[[str], None] | None = None):
+        self.mode = mode
+        self.dec = Decoder(mode.bits)
+        self.unimp_log = unimp_log
+        self.emitters: dict[int, Callable[[Insn], None]] = self._table()
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def decode_block(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int
+                     ) -> tuple[list[Insn], bool]:
+        """Decode from ``rip``; ``fetch(rip, n)`` gives up to n code bytes (fewer at an
+        unmapped page). Returns the instructions and whether the last one is invalid (#UD)."""
+        insns: list[Insn] = []
+        pos = rip
+        ipmask = self.dec.ipmask
+        page_left = 4096 - ((self.mode.cs_base + rip) & 0xFFF)
+        while len(insns) < max_insns:
+            code = fetch(pos, 15)
+            insn = self.dec.decode(code, pos)
+            if insn is None:
+                if len(code) < 15 and insns:
+                    break  # may continue on a page we could not fetch: end here
+                return insns, True
+            if insns and insn.size > page_left:
+                break  # crosses into the next page: starts its own block
+            insns.append(insn)
+            page_left -= insn.size
+            if insn.id in ENDS_BLOCK or self._ends(insn) or page_left <= 0:
+                break
+            pos = (pos + insn.size) & ipmask
+        return insns, False
+
+    def _ends(self, insn: Insn) -> bool:
+        if insn.id == I.X86_INS_MOV and insn.ops and insn.ops[0].kind == OP_REG:
+            d = insn.ops[0]
+            if d.rclass == SEG and (self.mode.bits != 64 or d.reg == R_SS):
+                return True
+            if d.rclass in (3, 4):  # control / debug registers
+                return True
+        if insn.id == I.X86_INS_POP and insn.ops and insn.ops[0].kind == OP_REG \
+                and insn.ops[0].rclass == SEG:
+            return True
+        if insn.id == I.X86_INS_JMP and insn.ops and insn.ops[0].kind != OP_IMM:
+            return True
+        return insn.id in (I.X86_INS_LDS, I.X86_INS_LES, I.X86_INS_LSS, I.X86_INS_LFS,
+                           I.X86_INS_LGS) and self.mode.bits != 64
+
+    # -- liveness -------------------------------------------------------------------------------
+    def flag_info(self, insn: Insn) -> tuple[int, int, int, int]:
+        """(reads, definitely writes, may write, passes through when computed)."""
+        i = insn.id
+        if i in ALU:
+            r = C if i in (I.X86_INS_ADC, I.X86_INS_SBB) else 0
+            return r, ALL, ALL, 0
+        if i in (I.X86_INS_INC, I.X86_INS_DEC):
+            return 0, ALL & ~C, ALL & ~C, C
+        if i in (I.X86_INS_NEG, I.X86_INS_XADD, I.X86_INS_CMPXCHG, I.X86_INS_MUL,
+                 I.X86_INS_IMUL, I.X86_INS_BSF, I.X86_INS_BSR, I.X86_INS_POPCNT,
+                 I.X86_INS_TZCNT, I.X86_INS_LZCNT):
+            return 0, ALL, ALL, 0
+        if i in SHIFTS or i in (I.X86_INS_SHLD, I.X86_INS_SHRD):
+            kind = SHIFTS.get(i, "shd")
+            cnt_op = insn.ops[-1] if len(insn.ops) > 1 else None
+            reads = C if kind in ("rcl", "rcr") else 0
+            if cnt_op is not None and cnt_op.kind == OP_REG:
+                return reads | (C if kind in ("rcl", "rcr") else 0), 0, ALL, ALL
+            cnt = self._static_count(insn)
+            if cnt == 0:
+                return reads if kind not in ("rcl", "rcr") else 0, 0, 0, 0
+            if kind in ("rol", "ror", "rcl", "rcr"):
+                return reads, C | OF, C | OF, ALL & ~(C | OF)
+            return 0, ALL, ALL, 0
+        if i in (I.X86_INS_BT, I.X86_INS_BTS, I.X86_INS_BTR, I.X86_INS_BTC):
+            return 0, C, ALL, Z
+        if i in (I.X86_INS_CLC, I.X86_INS_STC):
+            return 0, C, C, ALL & ~C
+        if i == I.X86_INS_CMC:
+            return C, C, C, ALL & ~C
+        if i in (I.X86_INS_CMPXCHG8B, I.X86_INS_CMPXCHG16B):
+            return 0, Z, Z, ALL & ~Z
+        if i == I.X86_INS_SAHF:
+            return 0, ALL & ~OF, ALL & ~OF, OF
+        if i in JCC:
+            return CC_READS[JCC[i] & ~1], 0, 0, 0
+        if i in SETCC:
+            return CC_READS[SETCC[i] & ~1], 0, 0, 0
+        if i in CMOVCC:
+            return CC_READS[CMOVCC[i] & ~1], 0, 0, 0
+        if i in (I.X86_INS_LOOPE, I.X86_INS_LOOPNE):
+            return Z, 0, 0, 0
+        if i in _FLAG_NEUTRAL or self._is_sse(insn):
+            return 0, 0, 0, 0
+        if i in STRING_OPS and STRING_OPS[i][0] not in ("cmps", "scas") \
+                and not self._is_sse(insn):
+            return 0, 0, 0, 0
+        return ALL, 0, 0, 0  # helpers: may read them all
+
+    def _is_sse(self, insn: Insn) -> bool:
+        return any(o.kind == OP_REG and o.rclass in (XMM, MMX) for o in insn.ops)
+
+    def _static_count(self, insn: Insn) -> int:
+        ops = insn.ops
+        size = ops[0].size
+        if len(ops) == 1:
+            cnt = 1
+        elif ops[-1].kind == OP_IMM:
+            cnt = ops[-1].imm
+        else:
+            return -1
+        cnt &= 63 if size == 8 else 31
+        if insn.id in (I.X86_INS_RCL, I.X86_INS_RCR) and size < 4:
+            cnt %= size * 8 + 1
+        return cnt
+
+    # -- translation ----------------------------------------------------------------------------
+    def translate(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int = 0,
+                  allow_loop: bool = True) -> Block:
+        insns, invalid = self.decode_block(fetch, rip, max_insns or MAX_INSNS)
+        n = len(insns)
+        # Liveness of the arithmetic flags after each instruction.
+        live_after = [0] * n
+        live = ALL
+        infos = [self.flag_info(x) for x in insns]
+        for k in range(n - 1, -1, -1):
+            live_after[k] = live
+            reads, wdef, wmay, passthru = infos[k]
+            live = reads | (live & ~wdef) | (passthru if live & wmay else 0)
+        live_at_start = live
+        cg = CodeGen(self.mode, rip)
+        self.cg = cg
+        self.live_after = live_after
+        self.infos = infos
+        last = insns[-1] if insns else None
+        cg.loop = bool(allow_loop and last is not None and not invalid
+                       and self._branch_target(last) == rip)
+        self.flush_at_backedge = live_at_start != 0
+        if cg.loop:
+            cg.ind = 3
+        ended = False
+        for k, insn in enumerate(insns):
+            cg.cur = k
+            cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
+            cg.inline_at.append(True)
+            cg.rips.append(insn.addr)
+            self.k = k
+            self.insn = insn
+            try:
+                self.emit_insn(insn)
+            except BlockEnd:
+                ended = True
+                break
+        if invalid:
+            cg.cur = n
+            cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
+            cg.inline_at.append(True)
+            pos = insns[-1].next if insns else rip
+            cg.rips.append(pos)
+            if self.unimp_log is not None:
+                self.unimp_log(f"tcg: invalid or unsupported opcode at {pos:#x}: "
+                               f"{fetch(pos, 15).hex()}")
+            cg.emit("raise CpuException(6)")
+            ended = True
+        if not ended:
+            cg.exit(str(insns[-1].next))
+        return self._assemble(rip, insns, invalid)
+
+    def _branch_target(self, insn: Insn) -> int | None:
+        i = insn.id
+        if i in JCC or i in (I.X86_INS_JMP, I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE):
+            if insn.ops and insn.ops[0].kind == OP_IMM:
+                return self._target(insn)
+        return None
+
+    def _target(self, insn: Insn) -> int:
+        size = insn.opsize if self.mode.bits != 64 else 8
+        return insn.ops[0].imm & MASK[size]
+
+    def emit_insn(self, insn: Insn) -> None:
+        emitter = self.emitters.get(insn.id)
+        if emitter is None:
+            self.unimplemented(insn)
+            return
+        mark = len(self.cg.lines)
+        saved = (self.cg.fcur, set(self.cg.known32), set(self.cg.written), set(self.cg.used),
+                 set(self.cg.need))
+        try:
+            emitter(insn)
+        except Untranslatable as exc:
+            cg = self.cg
+            del cg.lines[mark:]
+            del cg.line_insn[mark:]
+            cg.fcur, cg.known32, cg.written, cg.used, cg.need = saved
+            self.unimplemented(insn, str(exc))
+
+    def unimplemented(self, insn: Insn, why: str = "") -> None:
+        if self.unimp_log is not None:
+            self.unimp_log(f"tcg: unimplemented instruction at {insn.addr:#x}: {insn} "
+                           f"[{insn.bytes.hex()}]{' (' + why + ')' if why else ''}")
+        self.cg.emit("raise CpuException(6)")
+        raise BlockEnd()
+
+    def _assemble(self, rip: int, insns: list[Insn], invalid: bool) -> Block:
+        cg = self.cg
+        regs = sorted(cg.used)
+        written = sorted(cg.written)
+        flush = "; ".join(f"R[{r}] = r{r}" for r in written) or "pass"
+        reload = "; ".join(f"r{r} = R[{r}]" for r in regs) or "pass"
+        pro = []
+        for name, expr in (("RT", "s.rt"), ("WT", "s.wt"), ("SB", "s.sb"), ("E", "s.env")):
+            if name in cg.need:
+                pro.append(f"{name} = {expr}")
+        pro += [f"r{r} = R[{r}]" for r in regs]
+        head = ["def tb(s, R):", "    " + ("; ".join(pro) or "pass"), "    try:"]
+        if cg.loop:
+            head += [f"        n = {LOOP_BUDGET}", "        while True:"]
+        body = [ln.replace(FLUSH, flush).replace(RELOAD, reload) for ln in cg.lines]
+        base = len(head) + 1  # line number of the first body line
+        linemap = [0] * (base - 1) + cg.line_insn
+        # The handler: commit the state at the faulting instruction's boundary.
+        ninfo = len(cg.rips)
+        fk = tuple(cg.fk_at[:ninfo])
+        inline = tuple(cg.inline_at[:ninfo])
+        h = ["    except BaseException as _e:",
+             f"        _i = {tuple(linemap)!r}[_e.__traceback__.tb_lineno - 1] "
+             f"if _e.__traceback__.tb_lineno <= {len(linemap)} else 0"]
+        if written:
+            if all(inline):
+                h.append(f"        {flush}")
+            else:
+                h.append(f"        if {inline!r}[_i]: {flush}")
+        kinds = sorted(k for k in set(fk) if k >= 0)
+        if kinds:
+            h.append(f"        _k = {fk!r}[_i]")
+            for j, k in enumerate(kinds):
+                kind = F.kind_of(k)
+                stores = "; ".join([f"s.fop = {k}"] + [f"s.{f} = {f}" for f in F.FIELDS[kind]])
+                h.append(f"        {'if' if j == 0 else 'elif'} _k == {k}: {stores}")
+        h.append(f"        s.env.rip = {tuple(cg.rips)!r}[_i]")
+        h.append("        raise")
+        source = "\n".join(head + body + h) + "\n"
+        size = sum(x.size for x in insns)
+        return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns,
+                     tuple(linemap), size)
+
+    # -- small helpers for emitters ------------------------------------------------------------
+    def live(self) -> int:
+        """Flags read after the current instruction."""
+        return self.live_after[self.k]
+
+    def flags_live(self) -> bool:
+        return bool(self.live() & self.infos[self.k][2])
+
+    def heavy(self, call: str, result: str | None = None) -> None:
+        """Call a helper that works on ``R`` and the flags in ``s``: flush, call, reload."""
+        cg = self.cg
+        cg.inline_at[self.k] = False
+        cg.flush_flags()
+        cg.emit(FLUSH)
+        cg.emit(f"{result} = {call}" if result else call)
+        cg.emit(RELOAD)
+        if self.mode.bits == 64:
+            cg.known32.clear()
+
+    def heavy_exit(self, call: str) -> None:
+        """A helper that returns the next RIP; the block ends."""
+        cg = self.cg
+        cg.inline_at[self.k] = False
+        cg.flush_flags()
+        cg.emit(FLUSH)
+        cg.emit(f"return {call}")
+        raise BlockEnd()
+
+    def branch(self, cond: str | None, target: int | str, fall: int | None) -> None:
+        """End the block: to ``target`` if ``cond`` (None: always), else to ``fall``."""
+        cg = self.cg
+        loop = cg.loop and self.k == len(self.live_after) - 1 and target == cg.start
+        if not loop:
+            if cond is None:
+                cg.exit(str(target))
+            else:
+                cg.emit(f"if {cond}:")
+                cg.indent()
+                cg.exit(str(target))
+                cg.dedent()
+                cg.exit(str(fall))
+            raise BlockEnd()
+        if cond is not None:
+            cg.emit(f"if {cond}:")
+            cg.indent()
+        if self.flush_at_backedge:
+            stmt = cg.flags_store_stmt()
+            if stmt:
+                cg.emit(stmt)
+        cg.emit("n -= 1")
+        cg.emit("if n: continue")
+        cg.exit(str(target))
+        if cond is not None:
+            cg.dedent()
+            cg.exit(str(fall))
+        raise BlockEnd()
+
+    def sp_size(self) -> int:
+        return self.mode.stack_size
+
+    def push(self, value: str, size: int) -> None:
+        cg = self.cg
+        sw = self.sp_size()
+        nsp = cg.t("sp")
+        cg.emit(f"{nsp} = ({cg.rget(4, sw)} - {size}) & {MASK[sw]}")
+        a = cg.t("a")
+        cg.emit(f"{a} = {cg.lin(R_SS, nsp)}")
+        cg.store(a, size, value)
+        cg.rset(4, sw, nsp)
+
+    def pop_load(self, size: int, offset: int = 0) -> tuple[str, str]:
+        """Load the value at the top of the stack; return (value temp, new sp expr)."""
+        cg = self.cg
+        sw = self.sp_size()
+        sp = cg.rget(4, sw)
+        a = cg.t("a")
+        off = sp if not offset else f"(({sp} + {offset}) & {MASK[sw]})"
+        cg.emit(f"{a} = {cg.lin(R_SS, off)}")
+        v = cg.load(a, size)
+        nsp = cg.t("sp")
+        cg.emit(f"{nsp} = ({sp} + {size + offset}) & {MASK[sw]}")
+        return v, nsp
+
+    def stack_op_size(self, insn: Insn) -> int:
+        if self.mode.bits == 64:
+            return 2 if insn.p66 else 8
+        return insn.opsize
+
+    # -- the emitter table ------------------------------------------------------------------
+    def _table(self) -> dict[int, Callable[[Insn], None]]:
+        t: dict[int, Callable[[Insn], None]] = {}
+        for i in ALU:
+            t[i] = self.e_alu
+        for i in SHIFTS:
+            t[i] = self.e_shift
+        for i in JCC:
+            t[i] = self.e_jcc
+        for i in SETCC:
+            t[i] = self.e_setcc
+        for i in CMOVCC:
+            t[i] = self.e_cmov
+        for i in STRING_OPS:
+            t[i] = self.e_string
+        for i in NOPS:
+            t[i] = self.e_nop
+        t.update({
+            I.X86_INS_MOV: self.e_mov, I.X86_INS_MOVABS: self.e_mov,
+            I.X86_INS_MOVZX: self.e_movzx, I.X86_INS_MOVSX: self.e_movsx,
+            I.X86_INS_MOVSXD: self.e_movsx, I.X86_INS_LEA: self.e_lea,
+            I.X86_INS_INC: self.e_incdec, I.X86_INS_DEC: self.e_incdec,
+            I.X86_INS_NEG: self.e_neg, I.X86_INS_NOT: self.e_not,
+            I.X86_INS_XCHG: self.e_xchg, I.X86_INS_XADD: self.e_xadd,
+            I.X86_INS_CMPXCHG: self.e_cmpxchg, I.X86_INS_CMPXCHG8B: self.e_cmpxchg8b,
+            I.X86_INS_CMPXCHG16B: self.e_cmpxchg8b, I.X86_INS_SHLD: self.e_shd,
+            I.X86_INS_SHRD: self.e_shd, I.X86_INS_MUL: self.e_mul, I.X86_INS_IMUL: self.e_imul,
+            I.X86_INS_DIV: self.e_div, I.X86_INS_IDIV: self.e_div,
+            I.X86_INS_BT: self.e_bt, I.X86_INS_BTS: self.e_bt, I.X86_INS_BTR: self.e_bt,
+            I.X86_INS_BTC: self.e_bt, I.X86_INS_BSF: self.e_bsf, I.X86_INS_BSR: self.e_bsf,
+            I.X86_INS_TZCNT: self.e_tzcnt, I.X86_INS_LZCNT: self.e_tzcnt,
+            I.X86_INS_POPCNT: self.e_popcnt, I.X86_INS_BSWAP: self.e_bswap,
+            I.X86_INS_CBW: self.e_cbw, I.X86_INS_CWDE: self.e_cbw, I.X86_INS_CDQE: self.e_cbw,
+            I.X86_INS_CWD: self.e_cwd, I.X86_INS_CDQ: self.e_cwd, I.X86_INS_CQO: self.e_cwd,
+            I.X86_INS_JMP: self.e_jmp, I.X86_INS_CALL: self.e_call, I.X86_INS_RET: self.e_ret,
+            I.X86_INS_LOOP: self.e_loop, I.X86_INS_LOOPE: self.e_loop,
+            I.X86_INS_LOOPNE: self.e_loop, I.X86_INS_JCXZ: self.e_jcxz,
+            I.X86_INS_JECXZ: self.e_jcxz, I.X86_INS_JRCXZ: self.e_jcxz,
+            I.X86_INS_PUSH: self.e_push, I.X86_INS_POP: self.e_pop,
+            I.X86_INS_PUSHAW: self.e_pusha, I.X86_INS_PUSHAL: self.e_pusha,
+            I.X86_INS_POPAW: self.e_popa, I.X86_INS_POPAL: self.e_popa,
+            I.X86_INS_LEAVE: self.e_leave, I.X86_INS_ENTER: self.e_enter,
+            I.X86_INS_LAHF: self.e_lahf, I.X86_INS_SAHF: self.e_sahf,
+            I.X86_INS_CLC: self.e_cflag, I.X86_INS_STC: self.e_cflag,
+            I.X86_INS_CMC: self.e_cflag, I.X86_INS_CLD: self.e_dflag,
+            I.X86_INS_STD: self.e_dflag, I.X86_INS_XLATB: self.e_xlat,
+            I.X86_INS_SALC: self.e_salc,
+        })
+        from .system import system_emitters
+
+        t.update(system_emitters(self))
+        from .sse import sse_emitters
+
+        t.update(sse_emitters(self))
+        return t
+
+    # -- emitters: data movement ------------------------------------------------------------------
+    def e_nop(self, insn: Insn) -> None:
+        if insn.id == I.X86_INS_NOP and insn.ops and insn.ops[0].kind == OP_MEM:
+            return  # multi-byte nop: no memory access
+        if insn.id in (I.X86_INS_CLFLUSH, I.X86_INS_CLFLUSHOPT, I.X86_INS_CLWB):
+            return
+
+    def e_mov(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        if d.kind == OP_REG and d.rclass != GPR or s.kind == OP_REG and s.rclass != GPR:
+            from .system import mov_special
+
+            mov_special(self, insn)
+            return
+        size = d.size
+        v = cg.read(s, insn, size)
+        if d.kind == OP_MEM:
+            cg.addr(d, insn, "b")
+            cg.store("b", size, v)
+        else:
+            cg.rset(d.reg, size, v, d.high)
+
+    def e_movzx(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        v = cg.read(s, insn)
+        cg.rset(d.reg, d.size, v)
+
+    def e_movsx(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        v = cg.read(s, insn)
+        if s.size >= d.size:
+            cg.rset(d.reg, d.size, f"({v} & {MASK[d.size]})")
+            return
+        t = cg.t()
+        cg.emit(f"{t} = {_sx(v, s.size)} & {MASK[d.size]}")
+        cg.rset(d.reg, d.size, t)
+
+    def e_lea(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        ea = cg.ea(s, insn.addrsize, insn.next)
+        if d.size != insn.addrsize:
+            ea = f"(({ea}) & {MASK[d.size]})"
+        t = cg.t()
+        cg.emit(f"{t} = {ea}")
+        cg.rset(d.reg, d.size, t)
+
+    def e_xchg(self, insn: Insn) -> None:
+        cg = self.cg
+        a, b = insn.ops
+        if a.kind == OP_MEM:
+            a, b = b, a
+        size = a.size
+        if b.kind == OP_MEM:
+            cg.addr(b, insn)
+            v = cg.load("a", size, rmw=True)
+            cg.store("a", size, cg.rget(a.reg, size, a.high))
+            cg.rset(a.reg, size, v, a.high)
+            return
+        x, y = cg.t(), cg.t()
+        cg.emit(f"{x}, {y} = {cg.rget(a.reg, size, a.high)}, {cg.rget(b.reg, size, b.high)}")
+        cg.rset(a.reg, size, y, a.high)
+        cg.rset(b.reg, size, x, b.high)
+
+    def e_cbw(self, insn: Insn) -> None:
+        cg = self.cg
+        size = insn.opsize  # capstone's names for 98/99 do not follow the mode
+        half = size // 2
+        t = cg.t()
+        cg.emit(f"{t} = {_sx(cg.rget(0, half), half)} & {MASK[size]}")
+        cg.rset(0, size, t)
+
+    def e_cwd(self, insn: Insn) -> None:
+        cg = self.cg
+        size = insn.opsize
+        t = cg.t()
+        cg.emit(f"{t} = {MASK[size]} if {cg.rget(0, size)} >= {SIGN[size]} else 0")
+        cg.rset(2, size, t)
+
+    def e_xlat(self, insn: Insn) -> None:
+        cg = self.cg
+        asz = insn.addrsize
+        seg = insn.segov if insn.segov >= 0 else R_DS
+        off = f"(({cg.rget(3, asz)} + {cg.rget(0, 1)}) & {MASK[asz]})"
+        cg.emit(f"a = {cg.lin(seg, off)}")
+        v = cg.load("a", 1)
+        cg.rset(0, 1, v)
+
+    def e_salc(self, insn: Insn) -> None:
+        if self.mode.bits == 64:
+            raise Untranslatable("salc in 64-bit mode")
+        cg = self.cg
+        t = cg.t()
+        cg.emit(f"{t} = 255 if {cg.cf()} else 0")
+        cg.rset(0, 1, t)
+
+    # -- emitters: arithmetic ---------------------------------------------------------------------
+    def e_alu(self, insn: Insn) -> None:
+        cg = self.cg
+        i = insn.id
+        d, s = insn.ops
+        size = d.size
+        m = MASK[size]
+        kind = ALU[i]
+        op = ALU_OP[i]
+        writes = i not in (I.X86_INS_CMP, I.X86_INS_TEST)
+        live = self.flags_live()
+        if (i in (I.X86_INS_XOR, I.X86_INS_SUB) and d.kind == OP_REG and s.kind == OP_REG
+                and d.reg == s.reg and d.high == s.high):
+            if live:
+                if kind == F.LOGIC:
+                    cg.set_flags(F.LOGIC, size, r="0")
+                else:
+                    cg.set_flags(F.SUB, size, a="0", b="0", r="0")
+            cg.rset(d.reg, size, "0", d.high)
+            return
+        carry = None
+        if kind in (F.ADC, F.SBB):
+            carry = cg.t("c")
+            cg.emit(f"{carry} = {cg.cf()}")
+        x = cg.read(d, insn, size, rmw=writes)
+        y = cg.read(s, insn, size)
+        if kind == F.LOGIC:
+            res = f"{x} {op} {y}"
+        elif carry is not None:
+            res = f"({x} {op} {y} {op} {carry}) & {m}"
+        else:
+            res = f"({x} {op} {y}) & {m}"
+        if d.kind == OP_MEM or not live:
+            t = cg.t()
+            cg.emit(f"{t} = {res}")
+            if writes:
+                cg.write(d, t, size)
+            if live:
+                self._alu_flags(kind, size, x, y, t, carry)
+            return
+        # Register destination with live flags: compute straight into the flag locals.
+        if kind == F.LOGIC:
+            cg.emit(f"fr = {res}")
+            cg.set_flags(F.LOGIC, size, r="fr")
+        else:
+            if carry is not None:
+                cg.emit(f"fa, fb, fc = {x}, {y}, {carry}")
+                cg.emit(f"fr = (fa {op} fb {op} fc) & {m}")
+            else:
+                cg.emit(f"fa, fb = {x}, {y}")
+                cg.emit(f"fr = (fa {op} fb) & {m}")
+            cg.set_flags(kind, size, a="fa", b="fb", r="fr", c="fc")
+        if writes:
+            cg.write(d, "fr", size)
+
+    def _alu_flags(self, kind: int, size: int, x: str, y: str, t: str, carry: str | None
+                   ) -> None:
+        cg = self.cg
+        if kind == F.LOGIC:
+            cg.set_flags(F.LOGIC, size, r=t)
+        else:
+            cg.set_flags(kind, size, a=x, b=y, r=t, c=carry or "0")
+
+    def e_incdec(self, insn: Insn) -> None:
+        cg = self.cg
+        (d,) = insn.ops
+        size = d.size
+        inc = insn.id == I.X86_INS_INC
+        x = cg.read(d, insn, size, rmw=True)
+        t = cg.t()
+        cg.emit(f"{t} = ({x} {'+' if inc else '-'} 1) & {MASK[size]}")
+        if d.kind == OP_MEM:
+            cg.write(d, t, size)
+        if self.flags_live():
+            cg.set_flags(F.INC if inc else F.DEC, size, r=t, c=cg.cf())
+        if d.kind == OP_REG:
+            cg.write(d, t, size)
+
+    def e_neg(self, insn: Insn) -> None:
+        cg = self.cg
+        (d,) = insn.ops
+        size = d.size
+        x = cg.val(cg.read(d, insn, size, rmw=True))
+        t = cg.t()
+        cg.emit(f"{t} = (-{x}) & {MASK[size]}")
+        cg.write(d, t, size)
+        if self.flags_live():
+            cg.set_flags(F.SUB, size, a="0", b=x, r=t)
+
+    def e_not(self, insn: Insn) -> None:
+        cg = self.cg
+        (d,) = insn.ops
+        x = cg.read(d, insn, d.size, rmw=True)
+        t = cg.t()
+        cg.emit(f"{t} = {x} ^ {MASK[d.size]}")
+        cg.write(d, t, d.size)
+
+    def e_xadd(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        size = d.size
+        x = cg.read(d, insn, size, rmw=True)
+        if d.kind == OP_REG:
+            xt = cg.t()
+            cg.emit(f"{xt} = {x}")
+            x = xt
+        y = cg.t()
+        cg.emit(f"{y} = {cg.rget(s.reg, size, s.high)}")
+        t = cg.t()
+        cg.emit(f"{t} = ({x} + {y}) & {MASK[size]}")
+        if d.kind == OP_MEM:
+            cg.write(d, t, size)
+            cg.rset(s.reg, size, x, s.high)
+        else:
+            cg.rset(s.reg, size, x, s.high)
+            cg.rset(d.reg, size, t, d.high)
+        if self.flags_live():
+            cg.set_flags(F.ADD, size, a=x, b=y, r=t)
+
+    def e_cmpxchg(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        size = d.size
+        acc = cg.t()
+        cg.emit(f"{acc} = {cg.rget(0, size)}")
+        x = cg.read(d, insn, size, rmw=True)
+        if d.kind == OP_REG:
+            xt = cg.t()
+            cg.emit(f"{xt} = {x}")
+            x = xt
+        t = cg.t()
+        cg.emit(f"{t} = {cg.rget(s.reg, size, s.high)} if {acc} == {x} else {x}")
+        cg.write(d, t, size)
+        if self.flags_live():
+            cg.set_flags(F.SUB, size, a=acc, b=x, r=f"({acc} - {x}) & {MASK[size]}")
+        cg.emit(f"if {acc} != {x}:")
+        cg.indent()
+        cg.rset(0, size, x, conditional=True)
+        cg.dedent()
+
+    def e_cmpxchg8b(self, insn: Insn) -> None:
+        cg = self.cg
+        (d,) = insn.ops
+        half = 8 if insn.id == I.X86_INS_CMPXCHG16B else 4
+        cg.addr(d, insn)
+        if half == 8:
+            cg.emit("if a & 15: raise CpuException(13, 0)")
+            lo = cg.load("a", 8, rmw=True)
+            cg.emit(f"a2 = (a + 8) & {MASK[8]}")
+            hi = cg.load("a2", 8, rmw=True)
+        else:
+            v = cg.load("a", 8, rmw=True)
+            lo, hi = cg.t(), cg.t()
+            cg.emit(f"{lo}, {hi} = {v} & {M32}, {v} >> 32")
+        eq = cg.t("eq")
+        cg.emit(f"{eq} = {lo} == {cg.rget(0, half)} and {hi} == {cg.rget(2, half)}")
+        nlo, nhi = cg.t(), cg.t()
+        cg.emit(f"{nlo}, {nhi} = ({cg.rget(3, half)}, {cg.rget(1, half)}) if {eq} "
+                f"else ({lo}, {hi})")
+        if half == 8:
+            cg.store("a", 8, nlo)
+            cg.store("a2", 8, nhi)
+        else:
+            cg.store("a", 8, f"{nlo} | ({nhi} << 32)")
+        if self.flags_live():
+            self._set_zf(f"{eq}")
+        cg.emit(f"if not {eq}:")
+        cg.indent()
+        cg.rset(0, half, lo, conditional=True)
+        cg.rset(2, half, hi, conditional=True)
+        cg.dedent()
+
+    def _set_zf(self, cond: str) -> None:
+        """Flags become: ZF = cond, the others unchanged."""
+        cg = self.cg
+        prev = cg.flags_now()
+        cg.set_flags(F.EFLAGS, 4, r=f"({prev} & {ARITH & ~ZF}) | (64 if {cond} else 0)")
+
+    def e_mul(self, insn: Insn) -> None:
+        cg = self.cg
+        (s,) = insn.ops
+        size = s.size
+        bits = size * 8
+        y = cg.read(s, insn, size)
+        t = cg.t()
+        cg.emit(f"{t} = {cg.rget(0, size)} * {y}")
+        lo = cg.t()
+        cg.emit(f"{lo} = {t} & {MASK[size]}")
+        hi = cg.t()
+        cg.emit(f"{hi} = {t} >> {bits}")
+        if size == 1:
+            cg.rset(0, 2, t)
+        else:
+            cg.rset(0, size, lo)
+            cg.rset(2, size, hi)
+        if self.flags_live():
+            cg.set_flags(F.MUL, size, r=lo, c=f"(1 if {hi} else 0)")
+
+    def e_imul(self, insn: Insn) -> None:
+        cg = self.cg
+        ops = insn.ops
+        if len(ops) == 1:
+            s = ops[0]
+            size = s.size
+            bits = size * 8
+            y = cg.read(s, insn, size)
+            t = cg.t()
+            cg.emit(f"{t} = {_sx(cg.rget(0, size), size)} * {_sx(y, size)}")
+            lo = cg.t()
+            cg.emit(f"{lo} = {t} & {MASK[size]}")
+            if size == 1:
+                cg.rset(0, 2, f"({t} & {M16})")
+            else:
+                cg.rset(0, size, lo)
+                cg.rset(2, size, f"(({t} >> {bits}) & {MASK[size]})")
+        else:
+            d = ops[0]
+            size = d.size
+            if len(ops) == 2:
+                x = cg.rget(d.reg, size)
+                y = cg.read(ops[1], insn, size)
+            else:
+                x = cg.read(ops[1], insn, size)
+                y = cg.read(ops[2], insn, size)
+            t = cg.t()
+            cg.emit(f"{t} = {_sx(x, size)} * {_sx(y, size)}")
+            lo = cg.t()
+            cg.emit(f"{lo} = {t} & {MASK[size]}")
+            cg.rset(d.reg, size, lo)
+        if self.flags_live():
+            cg.set_flags(F.MUL, size, r=lo, c=f"(0 if {t} == {_sx(lo, size)} else 1)")
+
+    def e_div(self, insn: Insn) -> None:
+        cg = self.cg
+        (s,) = insn.ops
+        size = s.size
+        bits = size * 8
+        y = cg.read(s, insn, size)
+        if size == 1:
+            n = cg.rget(0, 2)
+        else:
+            n = f"(({cg.rget(2, size)} << {bits}) | {cg.rget(0, size)})"
+        fn = "DIVU" if insn.id == I.X86_INS_DIV else "DIVS"
+        q, r = cg.t("q"), cg.t("r")
+        cg.emit(f"{q}, {r} = {fn}({n}, {y}, {size})")
+        if size == 1:
+            cg.rset(0, 2, f"(({r} << 8) | {q})")
+        else:
+            cg.rset(0, size, q)
+            cg.rset(2, size, r)
+
+    # -- shifts -------------------------------------------------------------------------------
+    def _count(self, insn: Insn) -> tuple[str, int]:
+        """(count expression, static count or -1), masked as the CPU does."""
+        ops = insn.ops
+        mask = 63 if ops[0].size == 8 else 31
+        if len(ops) == 1:
+            return "1", 1
+        c = ops[-1]
+        if c.kind == OP_IMM:
+            v = c.imm & mask
+            return str(v), v
+        return f"({self.cg.rget(1, 1)} & {mask})", -1
+
+    def e_shift(self, insn: Insn) -> None:
+        cg = self.cg
+        kind = SHIFTS[insn.id]
+        d = insn.ops[0]
+        size = d.size
+        bits = size * 8
+        m = MASK[size]
+        cnt, static = self._count(insn)
+        if static > 0 and kind in ("rcl", "rcr") and size < 4:
+            static %= bits + 1
+            cnt = str(static)
+        live = self.flags_live()
+        if static == 0:
+            if d.kind == OP_REG and size == 4 and self.mode.bits == 64:
+                cg.rset(d.reg, 4, cg.rget(d.reg, 4))  # the write still zero-extends
+            return
+        x = cg.val(cg.read(d, insn, size, rmw=True))
+        if static < 0:
+            c = cg.t("n")
+            cg.emit(f"{c} = {cnt}")
+        else:
+            c = cnt
+        t, cf = cg.t(), cg.t("cf")
+        newflags: str | None = None
+        fkind = None
+        if kind == "shl":
+            cg.emit(f"{t} = ({x} << {c}) & {m}")
+            cg.emit(f"{cf} = ({x} >> ({bits} - {c})) & 1 if {c} <= {bits} else 0")
+            fkind = F.SHL
+        elif kind == "shr":
+            cg.emit(f"{t} = {x} >> {c}")
+            cg.emit(f"{cf} = ({x} >> ({c} - 1)) & 1 if {c} else 0")
+            fkind = F.SHR
+        elif kind == "sar":
+            sx = cg.t()
+            cg.emit(f"{sx} = {_sx(x, size)}")
+            cg.emit(f"{t} = ({sx} >> {c}) & {m}")
+            cg.emit(f"{cf} = ({sx} >> ({c} - 1)) & 1 if {c} else 0")
+            fkind = F.SAR
+        elif kind in ("rol", "ror"):
+            k = cg.t("k")
+            cg.emit(f"{k} = {c} % {bits}" if size < 4 else f"{k} = {c}")
+            if kind == "rol":
+                cg.emit(f"{t} = (({x} << {k}) | ({x} >> ({bits} - {k}))) & {m}")
+                cg.emit(f"{cf} = {t} & 1")
+                of = f"((({t} >> {bits - 1}) ^ {t}) & 1)"
+            else:
+                cg.emit(f"{t} = (({x} >> {k}) | ({x} << ({bits} - {k}))) & {m}")
+                cg.emit(f"{cf} = {t} >> {bits - 1}")
+                of = f"((({t} >> {bits - 1}) ^ ({t} >> {bits - 2})) & 1)"
+            newflags = f"({{prev}} & {ARITH & ~(CF | OF)}) | {cf} | ({of} << 11)"
+        else:  # rcl, rcr
+            k = cg.t("k")
+            cg.emit(f"{k} = {c} % {bits + 1}" if size < 4 else f"{k} = {c}")
+            v = cg.t()
+            cin = cg.t("ci")
+            cg.emit(f"{cin} = {cg.cf()}")
+            cg.emit(f"{v} = ({cin} << {bits}) | {x}")
+            wm = (1 << (bits + 1)) - 1
+            if kind == "rcl":
+                cg.emit(f"{v} = (({v} << {k}) | ({v} >> ({bits + 1} - {k}))) & {wm}")
+                cg.emit(f"{t}, {cf} = {v} & {m}, {v} >> {bits}")
+                of = f"((({t} >> {bits - 1}) ^ {cf}) & 1)"
+            else:
+                cg.emit(f"{v} = (({v} >> {k}) | ({v} << ({bits + 1} - {k}))) & {wm}")
+                cg.emit(f"{t}, {cf} = {v} & {m}, {v} >> {bits}")
+                of = f"((({t} >> {bits - 1}) ^ ({t} >> {bits - 2})) & 1)"
+            newflags = f"({{prev}} & {ARITH & ~(CF | OF)}) | {cf} | ({of} << 11)"
+            if size < 4:
+                c = k  # flags change only if the reduced count is not zero
+        cg.write(d, t, size)
+        if not live:
+            return
+        if fkind is not None:
+            vals = {"a": x, "r": t, "c": cf}
+            if static > 0:
+                cg.set_flags(fkind, size, **vals)
+                return
+            new = F.flags_expr(fkind, size, a=x, r=t, c=cf)
+        else:
+            assert newflags is not None
+            new = newflags.replace("{prev}", cg.flags_now())
+        if static > 0 and fkind is None:
+            cg.set_flags(F.EFLAGS, 4, r=f"({new})")
+            return
+        prev = cg.flags_now()
+        cg.set_flags(F.EFLAGS, 4, r=f"(({new}) if {c} else {prev})")
+
+    def e_shd(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops[0], insn.ops[1]
+        size = d.size
+        bits = size * 8
+        m = MASK[size]
+        cnt, static = self._count(insn)
+        if static == 0:
+            if d.kind == OP_REG and size == 4 and self.mode.bits == 64:
+                cg.rset(d.reg, 4, cg.rget(d.reg, 4))
+            return
+        x = cg.val(cg.read(d, insn, size, rmw=True))
+        y = cg.rget(s.reg, size, s.high)
+        if static < 0:
+            c = cg.t("n")
+            cg.emit(f"{c} = {cnt}")
+        else:
+            c = cnt
+        t, cf = cg.t(), cg.t("cf")
+        left = insn.id == I.X86_INS_SHLD
+        if size == 2:
+            # 16-bit: the CPU shifts the 32-bit x:y (or y:x); counts above 16 are undefined.
+            if left:
+                w = cg.t()
+                cg.emit(f"{w} = (({x} << 16) | {y}) << {c}")
+                cg.emit(f"{t} = ({w} >> 16) & {m}")
+                cg.emit(f"{cf} = ({w} >> 32) & 1 if {c} else 0")
+            else:
+                w = cg.t()
+                cg.emit(f"{w} = ({y} << 16) | {x}")
+                cg.emit(f"{t} = ({w} >> {c}) & {m}")
+                cg.emit(f"{cf} = ({w} >> ({c} - 1)) & 1 if {c} else 0")
+        elif left:
+            cg.emit(f"{t} = (({x} << {c}) | ({y} >> ({bits} - {c}))) & {m}")
+            cg.emit(f"{cf} = ({x} >> ({bits} - {c})) & 1")
+        else:
+            cg.emit(f"{t} = (({x} >> {c}) | ({y} << ({bits} - {c}))) & {m}")
+            cg.emit(f"{cf} = ({x} >> ({c} - 1)) & 1 if {c} else 0")
+        cg.write(d, t, size)
+        if not self.flags_live():
+            return
+        fkind = F.SHL if left else F.SHR
+        if static > 0:
+            cg.set_flags(fkind, size, a=x, r=t, c=cf)
+            return
+        new = F.flags_expr(fkind, size, a=x, r=t, c=cf)
+        prev = cg.flags_now()
+        cg.set_flags(F.EFLAGS, 4, r=f"(({new}) if {c} else {prev})")
+
+    # -- bits ----------------------------------------------------------------------------------
+    def e_bt(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        size = d.size
+        bits = size * 8
+        i = insn.id
+        rmw = i != I.X86_INS_BT
+        if s.kind == OP_IMM:
+            bit = str(s.imm & (bits - 1))
+            x = cg.read(d, insn, size, rmw=rmw)
+        else:
+            off = cg.rget(s.reg, size)
+            bit = f"({off} & {bits - 1})"
+            if d.kind == OP_MEM:
+                asz = insn.addrsize
+                ea = cg.ea(d, asz, insn.next)
+                shift = {2: 4, 4: 5, 8: 6}[size]
+                adj = f"(({_sx(off, size)} >> {shift}) * {size})"
+                cg.emit(f"a = {cg.lin(d.seg, f'(({ea} + {adj}) & {MASK[asz]})')}")
+                x = cg.load("a", size, rmw=rmw)
+            else:
+                x = cg.read(d, insn, size)
+        b = cg.t("b")
+        cg.emit(f"{b} = {bit}")
+        cf = cg.t("cf")
+        cg.emit(f"{cf} = ({x} >> {b}) & 1")
+        if rmw:
+            t = cg.t()
+            op = {I.X86_INS_BTS: f"{x} | (1 << {b})", I.X86_INS_BTR: f"{x} & ~(1 << {b})",
+                  I.X86_INS_BTC: f"{x} ^ (1 << {b})"}[i]
+            cg.emit(f"{t} = {op}")
+            cg.write(d, t, size)
+        if self.flags_live():
+            self._set_cf_keep_zf(cf)
+
+    def _set_cf_keep_zf(self, cf: str) -> None:
+        """CF = cf, ZF unchanged, the rest undefined (QEMU's choice for BT)."""
+        cg = self.cg
+        if cg.fcur is not None and F.kind_of(cg.fcur) not in (F.EFLAGS, F.SUB):
+            cg.set_flags(F.SAR, F.size_of(cg.fcur), r="fr", c=cf)
+            return
+        prev = cg.flags_now()
+        cg.set_flags(F.EFLAGS, 4, r=f"({prev} & {ARITH & ~CF}) | {cf}")
+
+    def e_bsf(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        size = d.size
+        x = cg.read(s, insn, size)
+        xv = cg.t()
+        cg.emit(f"{xv} = {x}")
+        idx = (f"({xv} & -{xv}).bit_length() - 1" if insn.id == I.X86_INS_BSF
+               else f"{xv}.bit_length() - 1")
+        t = cg.t()
+        cg.emit(f"{t} = {idx} if {xv} else {cg.rget(d.reg, size)}")
+        cg.rset(d.reg, size, t)
+        if self.flags_live():
+            cg.set_flags(F.LOGIC, size, r=xv)
+
+    def e_tzcnt(self, insn: Insn) -> None:
+        feature = "bmi1" if insn.id == I.X86_INS_TZCNT else "abm"
+        if feature not in self.mode.features:
+            # Without the feature the F3 prefix is ignored: this is BSF / BSR.
+            self.e_bsf(insn)
+            return
+        cg = self.cg
+        d, s = insn.ops
+        size = d.size
+        bits = size * 8
+        x = cg.read(s, insn, size)
+        xv = cg.t()
+        cg.emit(f"{xv} = {x}")
+        t = cg.t()
+        if insn.id == I.X86_INS_TZCNT:
+            cg.emit(f"{t} = ({xv} & -{xv}).bit_length() - 1 if {xv} else {bits}")
+        else:
+            cg.emit(f"{t} = {bits} - {xv}.bit_length()")
+        cg.rset(d.reg, size, t)
+        if self.flags_live():
+            cg.set_flags(F.EFLAGS, 4, r=f"(1 if {xv} == 0 else 0) | (64 if {t} == 0 else 0)")
+
+    def e_popcnt(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        x = cg.read(s, insn, d.size)
+        xv = cg.t()
+        cg.emit(f"{xv} = {x}")
+        t = cg.t()
+        cg.emit(f"{t} = bin({xv}).count('1')")
+        cg.rset(d.reg, d.size, t)
+        if self.flags_live():
+            cg.set_flags(F.EFLAGS, 4, r=f"(64 if {xv} == 0 else 0)")
+
+    def e_bswap(self, insn: Insn) -> None:
+        cg = self.cg
+        (d,) = insn.ops
+        size = d.size
+        t = cg.t()
+        if size == 2:
+            cg.emit(f"{t} = 0")
+        else:
+            cg.emit(f"{t} = int.from_bytes({cg.rget(d.reg, size)}.to_bytes({size}, 'little'),"
+                    f" 'big')")
+        cg.rset(d.reg, size, t)
+
+    def e_setcc(self, insn: Insn) -> None:
+        cg = self.cg
+        (d,) = insn.ops
+        cc = SETCC[insn.id]
+        if d.kind == OP_MEM:
+            cg.addr(d, insn)
+        t = cg.t()
+        cg.emit(f"{t} = 1 if {cg.cond(cc)} else 0")
+        cg.write(d, t, 1)
+
+    def e_cmov(self, insn: Insn) -> None:
+        cg = self.cg
+        d, s = insn.ops
+        size = d.size
+        v = cg.read(s, insn, size)
+        t = cg.t()
+        cg.emit(f"{t} = {v} if {cg.cond(CMOVCC[insn.id])} else {cg.rget(d.reg, size)}")
+        cg.rset(d.reg, size, t)
+
+    # -- flags instructions ---------------------------------------------------------------------
+    def e_lahf(self, insn: Insn) -> None:
+        cg = self.cg
+        t = cg.t()
+        cg.emit(f"{t} = ({cg.flags_now()} & 0xD5) | 2")
+        cg.rset(0, 1, t, high=True)
+
+    def e_sahf(self, insn: Insn) -> None:
+        cg = self.cg
+        if not self.flags_live():
+            return
+        ah = cg.rget(0, 1, True)
+        prev = cg.flags_now()
+        cg.set_flags(F.EFLAGS, 4, r=f"({prev} & {OF}) | ({ah} & 0xD5)")
+
+    def e_cflag(self, insn: Insn) -> None:
+        cg = self.cg
+        if not self.flags_live():
+            return
+        prev = cg.flags_now()
+        op = {I.X86_INS_CLC: f"{prev} & {ARITH & ~CF}", I.X86_INS_STC: f"{prev} | 1",
+              I.X86_INS_CMC: f"{prev} ^ 1"}[insn.id]
+        cg.set_flags(F.EFLAGS, 4, r=f"({op})")
+
+    def e_dflag(self, insn: Insn) -> None:
+        cg = self.cg
+        cg.need.add("E")
+        if insn.id == I.X86_INS_CLD:
+            cg.emit("E.eflags &= -1025")
+        else:
+            cg.emit("E.eflags |= 1024")
+
+    # -- control flow ---------------------------------------------------------------------------
+    def e_jcc(self, insn: Insn) -> None:
+        self.branch(self.cg.cond(JCC[insn.id]), self._target(insn), insn.next)
+
+    def e_jmp(self, insn: Insn) -> None:
+        cg = self.cg
+        (op,) = insn.ops
+        if op.kind == OP_IMM:
+            self.branch(None, self._target(insn), None)
+        size = 8 if self.mode.bits == 64 else insn.opsize
+        v = cg.read(op, insn, size)
+        t = cg.t()
+        cg.emit(f"{t} = {v}")
+        cg.exit(t)
+        raise BlockEnd()
+
+    def e_call(self, insn: Insn) -> None:
+        cg = self.cg
+        (op,) = insn.ops
+        size = 8 if self.mode.bits == 64 else insn.opsize
+        if op.kind == OP_IMM:
+            target = str(self._target(insn))
+        else:
+            v = cg.read(op, insn, size)
+            target = cg.t()
+            cg.emit(f"{target} = {v}")
+        self.push(str(insn.next), size)
+        cg.exit(target)
+        raise BlockEnd()
+
+    def e_ret(self, insn: Insn) -> None:
+        cg = self.cg
+        size = self.stack_op_size(insn)
+        v, nsp = self.pop_load(size)
+        if insn.ops:
+            sw = self.sp_size()
+            cg.emit(f"{nsp} = ({nsp} + {insn.ops[0].imm & M16}) & {MASK[sw]}")
+        cg.rset(4, self.sp_size(), nsp)
+        cg.exit(v)
+        raise BlockEnd()
+
+    def e_loop(self, insn: Insn) -> None:
+        cg = self.cg
+        asz = insn.addrsize
+        c = cg.t("c")
+        cg.emit(f"{c} = ({cg.rget(1, asz)} - 1) & {MASK[asz]}")
+        cg.rset(1, asz, c)
+        cond = f"{c} != 0"
+        if insn.id == I.X86_INS_LOOPE:
+            cond = f"({cond} and {cg.cond(4)})"
+        elif insn.id == I.X86_INS_LOOPNE:
+            cond = f"({cond} and {cg.cond(5)})"
+        self.branch(cond, self._target(insn), insn.next)
+
+    def e_jcxz(self, insn: Insn) -> None:
+        cg = self.cg
+        size = {I.X86_INS_JCXZ: 2, I.X86_INS_JECXZ: 4, I.X86_INS_JRCXZ: 8}[insn.id]
+        self.branch(f"{cg.rget(1, size)} == 0", self._target(insn), insn.next)
+
+    # -- stack ---------------------------------------------------------------------------------
+    def e_push(self, insn: Insn) -> None:
+        cg = self.cg
+        (op,) = insn.ops
+        if op.kind == OP_REG and op.rclass == SEG:
+            size = self.stack_op_size(insn)
+            cg.need.add("E")
+            v = cg.t()
+            cg.emit(f"{v} = E.segs[{op.reg}].selector")
+            if size > 2:
+                # Modern CPUs write only 16 bits of the slot; QEMU writes the whole slot.
+                pass
+            self.push(v, size)
+            return
+        size = self.stack_op_size(insn) if op.kind != OP_REG else op.size
+        if op.kind == OP_MEM:
+            size = op.size
+        if op.kind == OP_IMM:
+            size = self.stack_op_size(insn)
+        v = cg.read(op, insn, size)
+        if op.kind == OP_MEM:
+            t = cg.t()
+            cg.emit(f"{t} = {v}")
+            v = t
+        self.push(v, size)
+
+    def e_pop(self, insn: Insn) -> None:
+        cg = self.cg
+        (op,) = insn.ops
+        if op.kind == OP_REG and op.rclass == SEG:
+            from .system import pop_seg
+
+            pop_seg(self, insn)
+            return
+        size = op.size
+        v, nsp = self.pop_load(size)
+        if op.kind == OP_MEM:
+            cg.addr(op, insn, "b")
+            cg.store("b", size, v)
+            cg.rset(4, self.sp_size(), nsp)
+            return
+        cg.rset(4, self.sp_size(), nsp)
+        cg.rset(op.reg, size, v, op.high)
+
+    def e_pusha(self, insn: Insn) -> None:
+        if self.mode.bits == 64:
+            raise Untranslatable("pusha in 64-bit mode")
+        cg = self.cg
+        size = insn.opsize
+        sw = self.sp_size()
+        sp = cg.t("sp")
+        cg.emit(f"{sp} = {cg.rget(4, sw)}")
+        vals = [cg.rget(r, size) for r in range(8)]
+        vals[4] = f"({sp} & {MASK[size]})"
+        for k, v in enumerate(vals):
+            a = cg.t("a")
+            cg.emit(f"{a} = {cg.lin(R_SS, f'(({sp} - {(k + 1) * size}) & {MASK[sw]})')}")
+            cg.store(a, size, v)
+        cg.rset(4, sw, f"(({sp} - {8 * size}) & {MASK[sw]})")
+
+    def e_popa(self, insn: Insn) -> None:
+        if self.mode.bits == 64:
+            raise Untranslatable("popa in 64-bit mode")
+        cg = self.cg
+        size = insn.opsize
+        sw = self.sp_size()
+        sp = cg.t("sp")
+        cg.emit(f"{sp} = {cg.rget(4, sw)}")
+        vals = []
+        for k in range(8):
+            a = cg.t("a")
+            cg.emit(f"{a} = {cg.lin(R_SS, f'(({sp} + {k * size}) & {MASK[sw]})')}")
+            vals.append(cg.load(a, size))
+        for k, reg in enumerate((7, 6, 5, 4, 3, 2, 1, 0)):
+            if reg != 4:
+                cg.rset(reg, size, vals[k])
+        cg.rset(4, sw, f"(({sp} + {8 * size}) & {MASK[sw]})")
+
+    def e_leave(self, insn: Insn) -> None:
+        cg = self.cg
+        size = self.stack_op_size(insn)
+        sw = self.sp_size()
+        bp = cg.t()
+        cg.emit(f"{bp} = {cg.rget(5, sw)}")
+        a = cg.t("a")
+        cg.emit(f"{a} = {cg.lin(R_SS, bp)}")
+        v = cg.load(a, size)
+        cg.rset(4, sw, f"(({bp} + {size}) & {MASK[sw]})")
+        cg.rset(5, size, v)
+
+    def e_enter(self, insn: Insn) -> None:
+        cg = self.cg
+        alloc = insn.ops[0].imm & M16
+        level = insn.ops[1].imm & 31
+        size = self.stack_op_size(insn)
+        sw = self.sp_size()
+        if level:
+            self.heavy(f"H_ENTER(s, {alloc}, {level}, {size}, {sw})")
+            return
+        nsp = cg.t("sp")
+        cg.emit(f"{nsp} = ({cg.rget(4, sw)} - {size}) & {MASK[sw]}")
+        a = cg.t("a")
+        cg.emit(f"{a} = {cg.lin(R_SS, nsp)}")
+        cg.store(a, size, cg.rget(5, size))
+        cg.rset(5, size, f"({nsp} & {MASK[size]})")
+        cg.rset(4, sw, f"(({nsp} - {alloc}) & {MASK[sw]})")
+
+    # -- strings ----------------------------------------------------------------------------------
+    def e_string(self, insn: Insn) -> None:
+        if self._is_sse(insn):
+            from .sse import sse_fallback
+
+            sse_fallback(self, insn)
+            return
+        cg = self.cg
+        op, size = STRING_OPS[insn.id]
+        if size > 1:
+            size = insn.opsize  # the word/dword/qword forms share one opcode
+        seg = insn.segov if insn.segov >= 0 else R_DS
+        rep = insn.rep
+        if op in ("movs", "stos", "lods", "ins", "outs") and rep:
+            rep = 0xF3
+        if op in ("ins", "outs"):
+            self.heavy_exit(f"H_STRIO(s, {op == 'ins'}, {size}, {rep}, {insn.addrsize}, "
+                            f"{seg}, {insn.addr}, {insn.next})")
+        fn = f"H_STR(s, {op!r}, {size}, {rep}, {insn.addrsize}, {seg})"
+        if not rep:
+            self.heavy(fn)
+            return
+        cg.inline_at[self.k] = False
+        cg.flush_flags()
+        cg.emit(FLUSH)
+        cg.emit(f"if not {fn}: return {insn.addr}")
+        cg.emit(RELOAD)
+        if self.mode.bits == 64:
+            cg.known32.clear()
+
+
+_FLAG_NEUTRAL = {
+    I.X86_INS_MOV, I.X86_INS_MOVABS, I.X86_INS_MOVZX, I.X86_INS_MOVSX, I.X86_INS_MOVSXD,
+    I.X86_INS_LEA, I.X86_INS_NOT, I.X86_INS_XCHG, I.X86_INS_BSWAP, I.X86_INS_CBW,
+    I.X86_INS_CWDE, I.X86_INS_CDQE, I.X86_INS_CWD, I.X86_INS_CDQ, I.X86_INS_CQO,
+    I.X86_INS_JMP, I.X86_INS_CALL, I.X86_INS_RET, I.X86_INS_PUSH, I.X86_INS_POP,
+    I.X86_INS_LEAVE, I.X86_INS_ENTER, I.X86_INS_CLD, I.X86_INS_STD, I.X86_INS_XLATB,
+    I.X86_INS_DIV, I.X86_INS_IDIV, I.X86_INS_LOOP, I.X86_INS_JCXZ, I.X86_INS_JECXZ,
+    I.X86_INS_JRCXZ, I.X86_INS_PUSHAW, I.X86_INS_PUSHAL, I.X86_INS_POPAW, I.X86_INS_POPAL,
+} | NOPS
+
