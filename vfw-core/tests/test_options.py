@@ -445,8 +445,8 @@ def test_format_group_help_without_options() -> None:
 
 
 def test_opt_desc_rejects_unknown_kind() -> None:
-    with pytest.raises(ValueError):
-        OptDesc("x", "float")
+    with pytest.raises(ValueError, match="unknown option kind 'float' for 'x'"):
+        OptsGroup("g", desc=(OptDesc("x", "float"),))
 
 
 # --- -smp -----------------------------------------------------------------------------------

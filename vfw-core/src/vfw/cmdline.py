@@ -10,7 +10,7 @@ This module is imported on every ``vfw run``: it imports only ``vfw.options`` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vfw.errors import OptionError
 from vfw.options import (
@@ -83,8 +83,7 @@ GLOBAL_GROUP = OptsGroup(
 )
 
 
-@dataclass(frozen=True)
-class OptionDef:
+class OptionDef(NamedTuple):
     """One command-line option. ``arg`` None makes it a flag; ``multi`` keeps every value."""
 
     name: str
@@ -230,15 +229,15 @@ del _opt, _spelling
 POSITIONAL_OPTION = "hda"
 
 
-@dataclass
 class CommandLine:
     """A sorted command line. Keys are option names without the dash (``machine`` for -M too)."""
 
-    groups: dict[str, OptsList] = field(default_factory=dict)  # group name -> instances in order
-    values: dict[str, str] = field(default_factory=dict)  # single-value options; last wins
-    multi: dict[str, list[str]] = field(default_factory=dict)  # repeatable plain options
-    flags: set[str] = field(default_factory=set)
-    order: list[tuple[str, object]] = field(default_factory=list)  # (name, Opts | str | True)
+    def __init__(self) -> None:
+        self.groups: dict[str, OptsList] = {}  # group name -> instances in order
+        self.values: dict[str, str] = {}  # single-value options; last wins
+        self.multi: dict[str, list[str]] = {}  # repeatable plain options
+        self.flags: set[str] = set()
+        self.order: list[tuple[str, object]] = []  # (name, Opts | str | True)
 
     def opts(self, group_name: str) -> OptsList:
         """The instances of a group by its QEMU name ("machine", "smp-opts", "memory", ...)."""

@@ -24,11 +24,9 @@ import importlib
 import marshal
 import os
 import re
-import shutil
 import sys
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import API_VERSION, __version__
@@ -58,19 +56,20 @@ def known_provider(type_name: str) -> str | None:
     return None
 
 
-@dataclass
 class PluginDist:
     """One installed plugin distribution as its entry points describe it."""
 
-    name: str
-    version: str
-    plugin_module: str | None
-    types: dict[str, str]  # type name -> module
-    disabled: bool = False
-    state: str = "not loaded"  # "not loaded" | "loaded" | "error" | "disabled"
-    error: str | None = None
-    plugin: Any = None  # the imported plugin module
-    registered: list[str] = field(default_factory=list)
+    def __init__(self, name: str, version: str, plugin_module: str | None,
+                 types: dict[str, str]):
+        self.name = name
+        self.version = version
+        self.plugin_module = plugin_module
+        self.types = types  # type name -> module
+        self.disabled = False
+        self.state = "not loaded"  # "not loaded" | "loaded" | "error" | "disabled"
+        self.error: str | None = None
+        self.plugin: Any = None  # the imported plugin module
+        self.registered: list[str] = []
 
     @property
     def label(self) -> str:
@@ -195,6 +194,7 @@ class PluginIndex:
     def _write(self, entries: list[dict[str, Any]]) -> None:
         if self._dir is None:
             return
+        import shutil
         tmp = f"{self._dir}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.join(tmp, "types"), exist_ok=True)

@@ -5,13 +5,13 @@ name an *implied key* so that the first value can be written bare (``-m 512``, `
 The rules, the parsers and the error texts follow QEMU 7.2 (util/qemu-option.c, util/cutils.c,
 hw/core/machine-smp.c, hw/core/machine.c) so that command lines and error messages carry over.
 
-This module is imported on every ``vfw run``: it needs nothing but ``dataclasses``.
+This module is imported on every ``vfw run``: it needs nothing but ``typing``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vfw.errors import MachineError, OptionError
 
@@ -45,20 +45,14 @@ _C_SPACE = " \t\n\v\f\r"
 _ID_PUNCT = "-._"
 
 
-@dataclass(frozen=True)
-class OptDesc:
+class OptDesc(NamedTuple):
     """One known parameter of a group; ``kind`` decides how its value is checked."""
 
     name: str
     kind: str  # "str" | "bool" | "number" | "size"
     help: str = ""
 
-    def __post_init__(self) -> None:
-        if self.kind not in KIND_NAMES:
-            raise ValueError(f"unknown option kind {self.kind!r} for {self.name!r}")
 
-
-@dataclass(eq=False, repr=False)
 class OptsGroup:
     """A family of options (QEMU's QemuOptsList). Compared by identity: each group is a singleton.
 
@@ -66,10 +60,15 @@ class OptsGroup:
     device's properties); ``merge_lists`` makes repeated options add up to one (``-m``, ``-smp``).
     """
 
-    name: str
-    implied_key: str | None = None
-    desc: tuple[OptDesc, ...] | None = None
-    merge_lists: bool = False
+    def __init__(self, name: str, implied_key: str | None = None,
+                 desc: tuple[OptDesc, ...] | None = None, merge_lists: bool = False):
+        for d in desc or ():
+            if d.kind not in KIND_NAMES:
+                raise ValueError(f"unknown option kind {d.kind!r} for {d.name!r}")
+        self.name = name
+        self.implied_key = implied_key
+        self.desc = desc
+        self.merge_lists = merge_lists
 
     def __repr__(self) -> str:
         return f"OptsGroup({self.name!r})"
@@ -82,7 +81,6 @@ class OptsGroup:
         return None
 
 
-@dataclass
 class Opts:
     """One parsed option (QEMU's QemuOpts): its id and its ``key=value`` items in written order.
 
@@ -90,12 +88,22 @@ class Opts:
     them on demand, and a repeated key means the last occurrence wins, as in QEMU.
     """
 
-    group: OptsGroup
-    id: str | None = None
-    items: list[tuple[str, str]] = field(default_factory=list)
-    help: bool = False
-    #: The argument as the user wrote it, for error messages (QEMU quotes it).
-    text: str = ""
+    def __init__(self, group: OptsGroup, id: str | None = None,
+                 items: list[tuple[str, str]] | None = None, help: bool = False,
+                 text: str = ""):
+        self.group = group
+        self.id = id
+        self.items: list[tuple[str, str]] = [] if items is None else items
+        self.help = help
+        #: The argument as the user wrote it, for error messages (QEMU quotes it).
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Opts({self.group.name!r}, id={self.id!r}, items={self.items!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opts) and (self.group, self.id, self.items, self.help) == (
+            other.group, other.id, other.items, other.help)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         """The last value given for ``key``."""
@@ -432,8 +440,7 @@ SMP_GROUP = OptsGroup(
 )
 
 
-@dataclass(frozen=True)
-class SmpConfig:
+class SmpConfig(NamedTuple):
     """The CPU topology a machine is built with."""
 
     cpus: int
@@ -554,8 +561,7 @@ RAM_ALIGN = 8192
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class MemoryConfig:
+class MemoryConfig(NamedTuple):
     """Guest RAM as configured by -m: initial size, hot-plug slots and the hot-plug ceiling."""
 
     size: int

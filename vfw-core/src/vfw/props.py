@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import options
 from .errors import OptionError, PropertyError
 
 if TYPE_CHECKING:
@@ -21,6 +20,13 @@ if TYPE_CHECKING:
 
 def _value_error(prop: str, message: str) -> PropertyError:
     return PropertyError(f"Parameter '{prop}' {message}")
+
+
+def _options() -> Any:
+    """vfw.options, imported on first parse (it is not needed to list types)."""
+    from . import options
+
+    return options
 
 
 def _parsed(parse: Callable[[str, str], Any], prop: str, text: str) -> Any:
@@ -57,7 +63,7 @@ class BoolType(PropertyType):
     name = "bool"
 
     def parse(self, text: str, prop: str, owner: Object | None = None) -> bool:
-        return bool(_parsed(options.parse_bool, prop, text))
+        return bool(_parsed(_options().parse_bool, prop, text))
 
     def check(self, value: Any, prop: str, owner: Object | None = None) -> bool:
         if isinstance(value, str):
@@ -85,7 +91,7 @@ class IntType(PropertyType):
     def parse(self, text: str, prop: str, owner: Object | None = None) -> int:
         text = text.strip()
         negative = self.signed and text.startswith("-")
-        value = int(_parsed(options.parse_number, prop, text[1:] if negative else text))
+        value = int(_parsed(_options().parse_number, prop, text[1:] if negative else text))
         return self.check(-value if negative else value, prop, owner)
 
     def check(self, value: Any, prop: str, owner: Object | None = None) -> int:
@@ -106,7 +112,7 @@ class SizeType(PropertyType):
     name = "size"
 
     def parse(self, text: str, prop: str, owner: Object | None = None) -> int:
-        return int(_parsed(options.parse_size, prop, text))
+        return int(_parsed(_options().parse_size, prop, text))
 
     def check(self, value: Any, prop: str, owner: Object | None = None) -> int:
         if isinstance(value, str):

@@ -16,8 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from .errors import PropertyError, TypeLookupError, TypeRegistrationError
 from .props import STR, ChildType, LinkType, Property, PropertyType
@@ -27,8 +26,7 @@ TYPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 T = TypeVar("T", bound="Object")
 
 
-@dataclass(frozen=True)
-class Provider:
+class Provider(NamedTuple):
     """Where a type came from: its distribution (if known) and module."""
 
     distribution: str | None
@@ -41,21 +39,21 @@ class Provider:
         return f"{self.distribution} {self.version} (module {self.module})"
 
 
-@dataclass
 class TypeImpl:
-    """One entry of the table (QEMU's TypeImpl)."""
+    """One entry of the table (QEMU's TypeImpl). A plain class: vfw imports this module on
+    every start, and ``dataclasses`` alone costs more than QEMU's whole ``-machine help``."""
 
-    name: str
-    parent: str | None
-    cls: type[Object] | None
-    abstract: bool
-    interfaces: tuple[str, ...]
-    provider: Provider
-    initialized: bool = False
-    info: TypeInfo | None = None
+    __slots__ = ("name", "parent", "cls", "abstract", "interfaces", "provider", "initialized",
+                 "info")
+
+    def __init__(self, name: str, parent: str | None, cls: type[Object] | None, abstract: bool,
+                 interfaces: tuple[str, ...], provider: Provider, initialized: bool = False,
+                 info: TypeInfo | None = None):
+        self.name, self.parent, self.cls, self.abstract = name, parent, cls, abstract
+        self.interfaces, self.provider, self.initialized, self.info = (
+            interfaces, provider, initialized, info)
 
 
-@dataclass
 class TypeInfo:
     """Registration by name, QEMU style, for a type whose parent lives in another plugin.
 
@@ -64,16 +62,19 @@ class TypeInfo:
     object (instance hooks).
     """
 
-    name: str
-    parent: str
-    abstract: bool = False
-    interfaces: tuple[str, ...] = ()
-    class_init: Callable[[Any], None] | None = None
-    class_base_init: Callable[[Any], None] | None = None
-    instance_init: Callable[[Any], None] | None = None
-    instance_post_init: Callable[[Any], None] | None = None
-    instance_finalize: Callable[[Any], None] | None = None
-    namespace: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, name: str, parent: str, abstract: bool = False,
+                 interfaces: tuple[str, ...] = (),
+                 class_init: Callable[[Any], None] | None = None,
+                 class_base_init: Callable[[Any], None] | None = None,
+                 instance_init: Callable[[Any], None] | None = None,
+                 instance_post_init: Callable[[Any], None] | None = None,
+                 instance_finalize: Callable[[Any], None] | None = None,
+                 namespace: dict[str, Any] | None = None):
+        self.name, self.parent, self.abstract, self.interfaces = name, parent, abstract, interfaces
+        self.class_init, self.class_base_init = class_init, class_base_init
+        self.instance_init, self.instance_post_init = instance_init, instance_post_init
+        self.instance_finalize = instance_finalize
+        self.namespace = dict(namespace or {})
 
 
 class TypeTable:

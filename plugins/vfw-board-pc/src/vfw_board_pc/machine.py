@@ -8,20 +8,21 @@ ISA devices → fw_cfg, ACPI → the boot image (``-kernel`` or firmware).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vfw.errors import MachineError, OptionError
-from vfw.irq import IRQ, split_irq
 from vfw.machine import Machine
-from vfw.memory import MemoryRegion
-from vfw.pci import PCIBus
-from vfw.pci_host import PCIHostState
 from vfw.props import BOOL, prop
 from vfw.qom import object_new, register_type
 from vfw.runstate import ShutdownCause
 
-from .e820 import E820Entry, fw_cfg_e820, pc_e820_table, pc_ram_split
+if TYPE_CHECKING:
+    from vfw.irq import IRQ
+
+    from .e820 import E820Entry
+
+# The board's parts are imported where the board is built, not with the module: listing
+# machines (`vfw run -machine help`) imports this module and must stay cheap.
 
 FOUR_GIB = 1 << 32
 BIOS_SIZE_MAX = 16 << 20
@@ -38,7 +39,8 @@ APIC_ADDRESS = 0xFEE00000
 
 def _read_file(option: str, path: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as exc:
         raise OptionError(f"could not open {option.lstrip('-')} file '{path}': "
                           f"{exc.strerror}", option, path) from None
@@ -79,6 +81,10 @@ class PCI440FXMachine(Machine):
         self._reset_cpus()
 
     def _init_memory(self) -> None:
+        from vfw.memory import MemoryRegion
+
+        from .e820 import pc_ram_split
+
         below, above = pc_ram_split(self.ram_size)
         self.below_4g, self.above_4g = below, above
         try:
@@ -116,6 +122,8 @@ class PCI440FXMachine(Machine):
 
     def _init_interrupts(self) -> list[IRQ]:
         """24 GSI lines: to the accelerator's irqchip, or to software PIC + IOAPIC."""
+        from vfw.irq import IRQ, split_irq
+
         accel = self.accel
         assert accel is not None
         if accel.irqchip_in_kernel():
@@ -164,6 +172,9 @@ class PCI440FXMachine(Machine):
         return lines
 
     def _init_pci(self) -> None:
+        from vfw.pci import PCIBus
+        from vfw.pci_host import PCIHostState
+
         from .i440fx import I440FXHostBridge, PIIX3ISABridge
 
         host = I440FXHostBridge()
@@ -233,7 +244,7 @@ class PCI440FXMachine(Machine):
         return ["stdio"]
 
     def _init_fw_cfg(self, fw: Any) -> None:
-        from .e820 import encode_e820
+        from .e820 import encode_e820, fw_cfg_e820
         from .fw_cfg import FWCfgKey
 
         assert self.smp is not None
@@ -254,6 +265,8 @@ class PCI440FXMachine(Machine):
                                  pci_irq_gsis=PCI_IRQ_GSIS, base_address=ACPI_BASE + 0x100)
 
     def _load_boot_image(self) -> None:
+        from .e820 import pc_e820_table
+
         e820 = pc_e820_table(self.ram_size)
         rsdp_addr = None
         if self.acpi:
@@ -271,7 +284,7 @@ class PCI440FXMachine(Machine):
 
     @staticmethod
     def _reserve(e820: list[E820Entry], addr: int, size: int) -> list[E820Entry]:
-        from .e820 import E820_RESERVED, e820_add
+        from .e820 import E820_RESERVED, E820Entry, e820_add
 
         return e820_add(e820, E820Entry(addr, size, E820_RESERVED))
 
@@ -304,6 +317,8 @@ class PCI440FXMachine(Machine):
 
             rom = bios_image()
         size = len(rom)
+        from vfw.memory import MemoryRegion
+
         if size == 0 or size > BIOS_SIZE_MAX or size % 65536:
             raise OptionError(f"invalid firmware image size {size} (a multiple of 64 KiB up"
                               " to 16 MiB)", "-bios", str(self.firmware or "built-in"))

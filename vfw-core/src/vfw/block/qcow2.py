@@ -20,6 +20,12 @@ Cache modes (no O_DIRECT; the page cache is always used):
 ``writethrough`` and ``directsync``: fdatasync after every write request as well;
 ``unsafe``: flush does nothing.
 
+Not supported: writing images with internal snapshots (read-only is fine), encryption,
+external data files, subclusters, zstd compression, refcounts narrower than 8 bits, writing
+compressed clusters, and reusing freed clusters (discard zeroes whole v3 clusters but never
+shrinks the file). Opened for writing, an image is locked the way QEMU locks it (OFD locks), so
+QEMU and vfw refuse to write the same image at once.
+
 Hostile images: every offset read from the image is checked (alignment, inside the file, not
 overlapping the header, L1 table, refcount table or another metadata cluster) before it is used
 to write; problems found while opening refuse the image, problems found later fail the request
@@ -95,8 +101,8 @@ class Qcow2CorruptError(BackendError):
 class Qcow2IOError(OSError):
     """A request met corrupt metadata (an I/O error for the device, EIO)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EIO, message)
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(code, message)
         self.message = message
 
     def __str__(self) -> str:
@@ -360,6 +366,7 @@ class Qcow2Driver(BlockDriver):
         self.backing_length = int(getattr(self._backing, "length", 0)) if self._backing else 0
         self.length = size
 
+        self._opened = True
         if not self.readonly and version == 3 and autoclear:
             # Autoclear features (bitmaps, raw external data) become invalid once an
             # implementation that does not know them writes: clear them, as QEMU does.
@@ -412,8 +419,10 @@ class Qcow2Driver(BlockDriver):
         cb = self.cluster_bits
         for c in range(offset >> cb, (offset + length + self.cluster_size - 1) >> cb):
             if c in self._meta:
-                raise Qcow2CorruptError(f"qcow2: corrupt image: {what} at {offset:#x} overlaps "
-                                        "other metadata")
+                message = f"{what} at {offset:#x} overlaps other metadata"
+                if getattr(self, "_opened", False):  # while running: an I/O error
+                    raise self._corrupt(message)
+                raise Qcow2CorruptError(f"qcow2: corrupt image: {message}")
             self._meta.add(c)
 
     def _open_backing(self, name: str, fmt: str | None) -> _Backing:
@@ -560,8 +569,8 @@ class Qcow2Driver(BlockDriver):
 
     def _check_request(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise BackendError(f"qcow2: request {offset:#x}+{length:#x} is beyond the end of "
-                               f"the image ({self.size:#x})")
+            raise Qcow2IOError(f"qcow2: request {offset:#x}+{length:#x} is beyond the end of "
+                               f"the image ({self.size:#x})", errno.EINVAL)
 
     # -- reads ------------------------------------------------------------------------------
     def preadv(self, offset: int, buffers: list[memoryview]) -> int:
@@ -573,7 +582,7 @@ class Qcow2Driver(BlockDriver):
         segs = _Segments(buffers)
         total = segs.total
         if offset < 0:
-            raise BackendError(f"qcow2: negative offset {offset}")
+            raise Qcow2IOError(f"qcow2: negative offset {offset}", errno.EINVAL)
         inside = max(0, min(total, self.size - offset))
         if inside < total:  # past the end of the image: zeroes, as the driver API says
             _fill_zero(segs.slices(inside, total - inside))
@@ -653,9 +662,9 @@ class Qcow2Driver(BlockDriver):
     # -- writes -----------------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self.readonly:
-            raise BackendError("qcow2: the image is opened read-only")
+            raise Qcow2IOError("qcow2: the image is opened read-only", errno.EROFS)
         if self.incompat & INCOMPAT_CORRUPT:
-            raise BackendError("qcow2: image is corrupt; use qemu-img check -r")
+            raise Qcow2IOError("qcow2: image is corrupt; use qemu-img check -r")
 
     def pwritev(self, offset: int, buffers: list[memoryview]) -> int:
         """Write ``buffers`` at guest ``offset``, allocating clusters; returns bytes written."""
@@ -866,7 +875,8 @@ class Qcow2Driver(BlockDriver):
         new_len = _round_up(max(rb_idx + 1, len(self._rt) * 2), per_cluster)
         while True:
             if new_len * 8 > MAX_REFTABLE_BYTES:
-                raise BackendError("qcow2: the image is too large for its refcount table")
+                raise Qcow2IOError("qcow2: the image is too large for its refcount table",
+                                   errno.ENOSPC)
             start = self._end
             table_clusters = new_len // per_cluster
             alloc_end = start + table_clusters * cs
