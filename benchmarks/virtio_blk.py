@@ -15,6 +15,7 @@ best of ``--repeat`` interleaved runs (the box is shared and noisy).
 from __future__ import annotations
 
 import argparse
+import importlib
 import mmap
 import os
 import random
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "plugins" / "vfw-dev-virtio" / "tests"))
@@ -32,7 +34,8 @@ QD = 32
 
 def _virtio(image: str, size: int, jobs: list[tuple[int, int]], write: bool) -> float:
     """Seconds for ``jobs`` [(offset, length)] through virtio-blk at QD 32."""
-    from virtio_driver import Guest, VirtioPCIDriver, make_machine
+    vd: Any = importlib.import_module("virtio_driver")  # plugins/vfw-dev-virtio/tests
+    Guest, VirtioPCIDriver, make_machine = vd.Guest, vd.VirtioPCIDriver, vd.make_machine
 
     m = make_machine("-drive", f"file={image},if=none,id=d0,format=raw,cache=writeback",
                      "-device", "virtio-blk-pci,drive=d0,queue-size=256", mem="256M")

@@ -472,7 +472,7 @@ def test_hostile_images(tmp_path, version, mutations, aligned, ops):
                         drv.pwritev(off, [memoryview(b"\xab" * n)])
                     else:
                         drv.write_zeroes(off, n)
-                except (BackendError, OSError):
+                except OSError:  # what a device turns into an I/O error status
                     pass
         finally:
             drv.close()

@@ -291,7 +291,7 @@ def test_any_request_is_answered_safely(tmp_path_factory: pytest.TempPathFactory
 _REGION = st.sampled_from([0x0000, 0x1000, 0x2000, 0x3000])
 
 
-@settings(max_examples=3_000 if CI else 200, deadline=None,
+@settings(max_examples=1_000 if CI else 200, deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(ops=st.lists(st.tuples(st.sampled_from(["r", "w", "cfgr", "cfgw"]), _REGION,
                               st.integers(0, 0x40), st.sampled_from([1, 2, 4, 8]),

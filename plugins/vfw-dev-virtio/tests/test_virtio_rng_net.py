@@ -236,3 +236,21 @@ def tap_rx_tx() -> None:
 
         reset_root()
         backend.close()
+
+
+def test_openstack_style_command_line_is_accepted(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    m = make_machine(
+        "-drive", f"file={image},format=raw,if=none,id=drive-virtio-disk0,cache=none,"
+                  "discard=ignore",
+        "-device", "virtio-blk-pci,scsi=off,bus=pci.0,addr=0x4,drive=drive-virtio-disk0,"
+                   "id=virtio-disk0,bootindex=1",
+        "-device", "virtio-net-pci,id=net0,mac=fa:16:3e:11:22:33,bus=pci.0,addr=0x3,"
+                   "rx_queue_size=512,tx_queue_size=512",
+        "-device", "virtio-rng-pci,id=rng0,bus=pci.0,addr=0x5")
+    nic = m.pci_bus.device_at(3 << 3)
+    assert nic.id == "net0" and [q.max_size for q in nic.queues] == [512, 512]
+    assert m.pci_bus.device_at(4 << 3).id == "virtio-disk0"
+    with pytest.raises(VfwError, match="fd="):
+        make_machine("-netdev", "tap,fd=26,id=hostnet0,vhost=on,vhostfd=28")

@@ -18,12 +18,34 @@ SLICE_BLOCKS = 1000
 POLL_NS = 2_000_000
 
 
+def _bits(*bits: int) -> int:
+    return sum(1 << b for b in bits)
+
+
+#: CPUID feature bits the software CPU implements, by (leaf, subleaf, register).
+SUPPORTED_CPUID: dict[tuple[int, int, str], int] = {
+    # fpu de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr
+    # sse sse2 ht
+    (1, 0, "edx"): _bits(0, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 23, 24,
+                         25, 26, 28),
+    (1, 0, "ecx"): _bits(0, 13, 23, 31),  # pni cx16 popcnt hypervisor
+    (6, 0, "eax"): _bits(2),  # arat
+    (7, 0, "ebx"): _bits(0, 9, 23, 24),  # fsgsbase erms clflushopt clwb
+    (7, 0, "ecx"): _bits(22),  # rdpid
+    (0x80000001, 0, "edx"): _bits(11, 20, 26, 27, 29),  # syscall nx pdpe1gb rdtscp lm
+    (0x80000001, 0, "ecx"): _bits(0, 5, 8),  # lahf-lm abm 3dnowprefetch
+}
+
+
 @register_type
 class TcgAccel(Accel):
     """Software emulation: works on any host, needs nothing from the kernel."""
 
     TYPE = "tcg-accel"
     DESC = "Tiny Code Generator, in Python"
+
+    #: Features of the usual models this CPU does not implement (no warning at start-up).
+    CPU_FEATURE_DEFAULTS = {"vme": False, "svm": False, "monitor": False, "x2apic": False}
 
     thread = prop(EnumType("TCGThread", ("single", "multi")), "single",
                   "vCPUs run round-robin in one thread (single) or one thread each (multi)")
@@ -37,6 +59,12 @@ class TcgAccel(Accel):
         if self.thread == "multi":
             raise AccelError("tcg: thread=multi is not supported; vCPUs run round-robin"
                              " in one thread (thread=single)")
+
+    def supported_cpuid(self, word: Any) -> int:
+        """The CPUID feature bits this software CPU implements (the board filters models)."""
+        if str(word.reg) == "msr":
+            return 0
+        return SUPPORTED_CPUID.get((int(word.leaf), int(word.subleaf), str(word.reg)), 0)
 
     # -- vCPUs -----------------------------------------------------------------------------------
     def cache(self) -> Any:

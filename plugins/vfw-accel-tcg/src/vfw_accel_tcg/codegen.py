@@ -5,16 +5,15 @@ Generated functions look like::
 
     def tb(s, R):
         RT = s.rt; WT = s.wt; r0 = R[0]; r3 = R[3]
-        try:
-            ...one or more lines per guest instruction...
-        except BaseException as _e:
-            ...commit the state of the faulting instruction's boundary, re-raise...
+        ...one or more lines per guest instruction...
 
 Guest registers live in locals ``r0``..``r15`` for the whole block (loaded on entry, written back
 at exits and before helpers that work on ``R``); the lazy flags live in locals ``fa fb fr fc``
 with a kind known at translation time. Every instruction performs its memory accesses before it
-commits registers or flags, so a fault leaves the locals at the instruction boundary; the handler
-maps the faulting line to the instruction (line tables are exact) and commits that state.
+commits registers or flags, so a fault leaves the locals at the instruction boundary. There is no
+handler in the block: the dispatcher finds the block's frame in the exception's traceback, maps
+the line (line tables are exact) to the instruction, and commits the frame's locals
+(:class:`BlockMeta` says which).
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ class CodeGen:
         self.start = start
         self.lines: list[str] = []
         self.line_insn: list[int] = []
-        self.ind = 2
+        self.ind = 1
         self.cur = 0  # current instruction index
         self.used: set[int] = set()
         self.written: set[int] = set()

@@ -9,6 +9,7 @@ their bytes and are re-checked on a slow lookup, which catches DMA into code pag
 
 from __future__ import annotations
 
+import weakref
 from types import CodeType
 from typing import Any
 
@@ -18,11 +19,12 @@ from vfw import log
 class TB:
     """One translated block."""
 
-    __slots__ = ("code", "fn", "jc_refs", "key", "ninsns", "pages", "size", "valid")
+    __slots__ = ("code", "fn", "jc_refs", "key", "meta", "ninsns", "pages", "size", "valid")
 
     def __init__(self, key: tuple[Any, ...], fn: Any, ninsns: int, size: int,
-                 pages: list[tuple[int, int, bytes]]):
+                 pages: list[tuple[int, int, bytes]], meta: Any = None):
         self.key = key
+        self.meta = meta
         self.fn = fn
         self.code: CodeType = fn.__code__
         self.ninsns = ninsns
@@ -47,6 +49,8 @@ class TBCache:
         self.tbs: dict[tuple[Any, ...], TB] = {}
         self.code_pages: dict[int, list[TB]] = {}
         self.code2tb: dict[CodeType, TB] = {}
+        #: code object -> BlockMeta, kept while the function exists (even if invalidated)
+        self.meta: weakref.WeakKeyDictionary[CodeType, Any] = weakref.WeakKeyDictionary()
         #: physical page -> (read view, write view or None) of RAM, None for non-RAM
         self.pviews: dict[int, Any] = {}
         self.limit = limit_bytes
@@ -60,6 +64,7 @@ class TBCache:
         self.used += source_len
         self.tbs[tb.key] = tb
         self.code2tb[tb.code] = tb
+        self.meta[tb.code] = tb.meta
         self.translations += 1
         for ppage, _off, _data in tb.pages:
             lst = self.code_pages.get(ppage)

@@ -98,6 +98,17 @@ ENDS_BLOCK = {
 
 
 @dataclass
+class BlockMeta:
+    """What the dispatcher needs to commit a block's state when it raises mid-way."""
+
+    linemap: tuple[int, ...]  # source line - 1 -> instruction index
+    rips: tuple[int, ...]  # RIP of each instruction
+    inline: tuple[bool, ...]  # registers live in the locals at this instruction
+    fk: tuple[int, ...]  # fop of the flags in locals at this instruction (-1: in s)
+    written: tuple[int, ...]  # registers the block may have changed
+
+
+@dataclass
 class Block:
     """The result of translating one block."""
 
@@ -105,7 +116,7 @@ class Block:
     name: str
     ninsns: int
     insns: list[Insn]
-    linemap: tuple[int, ...]
+    meta: BlockMeta
     size: int  # guest bytes covered
 
 
@@ -257,7 +268,7 @@ class Translator:
                        and self._branch_target(last) == rip)
         self.flush_at_backedge = live_at_start != 0
         if cg.loop:
-            cg.ind = 3
+            cg.ind = 2
         ended = False
         for k, insn in enumerate(insns):
             cg.cur = k
@@ -332,37 +343,17 @@ class Translator:
             if name in cg.need:
                 pro.append(f"{name} = {expr}")
         pro += [f"r{r} = R[{r}]" for r in regs]
-        head = ["def tb(s, R):", "    " + ("; ".join(pro) or "pass"), "    try:"]
+        head = ["def tb(s, R):", "    " + ("; ".join(pro) or "pass")]
         if cg.loop:
-            head += [f"        n = {LOOP_BUDGET}", "        while True:"]
+            head += [f"    n = {LOOP_BUDGET}", "    while True:"]
         body = [ln.replace(FLUSH, flush).replace(RELOAD, reload) for ln in cg.lines]
-        base = len(head) + 1  # line number of the first body line
-        linemap = [0] * (base - 1) + cg.line_insn
-        # The handler: commit the state at the faulting instruction's boundary.
-        ninfo = len(cg.rips)
-        fk = tuple(cg.fk_at[:ninfo])
-        inline = tuple(cg.inline_at[:ninfo])
-        h = ["    except BaseException as _e:",
-             f"        _i = {tuple(linemap)!r}[_e.__traceback__.tb_lineno - 1] "
-             f"if _e.__traceback__.tb_lineno <= {len(linemap)} else 0"]
-        if written:
-            if all(inline):
-                h.append(f"        {flush}")
-            else:
-                h.append(f"        if {inline!r}[_i]: {flush}")
-        kinds = sorted(k for k in set(fk) if k >= 0)
-        if kinds:
-            h.append(f"        _k = {fk!r}[_i]")
-            for j, k in enumerate(kinds):
-                kind = F.kind_of(k)
-                stores = "; ".join([f"s.fop = {k}"] + [f"s.{f} = {f}" for f in F.FIELDS[kind]])
-                h.append(f"        {'if' if j == 0 else 'elif'} _k == {k}: {stores}")
-        h.append(f"        s.env.rip = {tuple(cg.rips)!r}[_i]")
-        h.append("        raise")
-        source = "\n".join(head + body + h) + "\n"
+        source = "\n".join(head + body) + "\n"
+        n = len(cg.rips)
+        meta = BlockMeta(tuple([0] * len(head) + cg.line_insn), tuple(cg.rips),
+                         tuple(cg.inline_at[:n]), tuple(cg.fk_at[:n]), tuple(written))
         size = sum(x.size for x in insns)
-        return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns,
-                     tuple(linemap), size)
+        return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns, meta,
+                     size)
 
     # -- small helpers for emitters ------------------------------------------------------------
     def live(self) -> int:
@@ -1060,8 +1051,8 @@ class Translator:
         x = cg.read(s, insn, size)
         xv = cg.t()
         cg.emit(f"{xv} = {x}")
-        idx = (f"({xv} & -{xv}).bit_length() - 1" if insn.id == I.X86_INS_BSF
-               else f"{xv}.bit_length() - 1")
+        forward = insn.id in (I.X86_INS_BSF, I.X86_INS_TZCNT)  # TZCNT without BMI1 is BSF
+        idx = (f"({xv} & -{xv}).bit_length() - 1" if forward else f"{xv}.bit_length() - 1")
         t = cg.t()
         cg.emit(f"{t} = {idx} if {xv} else {cg.rget(d.reg, size)}")
         cg.rset(d.reg, size, t)

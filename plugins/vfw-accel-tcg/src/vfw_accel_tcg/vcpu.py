@@ -334,7 +334,7 @@ class TcgCPU:
         code = compile(block.source, f"<tcg {block.name}>", "exec")
         ns: dict[str, Any] = {}
         exec(code, NS, ns)
-        tb = TB(key, ns["tb"], block.ninsns, block.size, recorded)
+        tb = TB(key, ns["tb"], block.ninsns, block.size, recorded, block.meta)
         self.tbc.add(tb, len(block.source))
         return tb
 
@@ -415,9 +415,11 @@ class TcgCPU:
                 else:
                     done += budget - done - self.run_blocks(budget - done)
             except CpuException as exc:
+                self.unwind(exc)
                 done += 1
                 self.raise_exception(exc)
-            except SmcRestart:
+            except SmcRestart as exc:
+                self.unwind(exc)
                 tb = self.smc_tb
                 self.smc_tb = None
                 if tb is not None:
@@ -426,9 +428,38 @@ class TcgCPU:
                     self.tbc.invalidate(tb)
                 try:
                     self.run_one()
-                except CpuException as exc:
-                    self.raise_exception(exc)
+                except CpuException as exc2:
+                    self.unwind(exc2)
+                    self.raise_exception(exc2)
+            except BaseException as exc:
+                self.unwind(exc)
+                raise
         return done
+
+    def unwind(self, exc: BaseException) -> None:
+        """A block raised: commit the architectural state of the instruction that raised,
+        from the block frame's locals (see codegen)."""
+        metas = self.tbc.meta
+        tb = exc.__traceback__
+        while tb is not None:
+            meta = metas.get(tb.tb_frame.f_code)
+            if meta is not None:
+                break
+            tb = tb.tb_next
+        if tb is None:
+            return
+        loc = tb.tb_frame.f_locals
+        i = meta.linemap[tb.tb_lineno - 1]
+        R = self.R
+        if meta.inline[i]:
+            for r in meta.written:
+                R[r] = loc[f"r{r}"]
+        k = meta.fk[i]
+        if k >= 0:
+            self.fop = k
+            for f in F.FIELDS[F.kind_of(k)]:
+                setattr(self, f, loc[f])
+        self.env.rip = meta.rips[i]
 
     def run_one(self) -> None:
         """Execute exactly one instruction (interrupt shadow, self-modifying code)."""

@@ -18,7 +18,7 @@ from typing import Any
 from vfw import net as netdev
 from vfw.errors import BackendError, VfwError
 from vfw.main_loop import BQL
-from vfw.props import BOOL, MACADDR, STR, prop
+from vfw.props import BOOL, MACADDR, STR, UINT16, prop
 from vfw.qom import register_type
 
 from .device import VirtioDevice
@@ -75,9 +75,10 @@ class VirtioNet(VirtioDevice):
         self.tx_dropped = 0
         self.rx_frames = 0
         self.tx_frames = 0
+        self.sizes = [QUEUE_SIZE, QUEUE_SIZE]
 
     def queue_sizes(self) -> list[int]:
-        return [QUEUE_SIZE, QUEUE_SIZE]
+        return list(self.sizes)
 
     def device_features(self) -> int:
         f = 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
@@ -239,6 +240,12 @@ class VirtioNetPCI(VirtioPCI):
     mac = prop(MACADDR, None, "MAC address (default: 52:54:00:12:34:56 + n)")
     mq = prop(BOOL, False, "multiqueue (accepted only as off)")
     csum = prop(BOOL, True, "offer checksum/segmentation offloads")
+    rx_queue_size = prop(UINT16, QUEUE_SIZE, "receive queue size (power of 2, 256..1024)",
+                         name="rx_queue_size")
+    tx_queue_size = prop(UINT16, QUEUE_SIZE, "transmit queue size (power of 2, 256..1024)",
+                         name="tx_queue_size")
+    host_mtu = prop(UINT16, 0, "MTU advertised to the guest (accepted; config mtu is 1500)",
+                    name="host_mtu")
 
     def configure_vdev(self, vdev: Any) -> None:
         super().configure_vdev(vdev)
@@ -253,6 +260,12 @@ class VirtioNetPCI(VirtioPCI):
                 raise VfwError(f"virtio-net-pci: netdev '{self.netdev}' is already in use")
             backend.attached = self
             vdev.backend = backend
+        for name in ("rx_queue_size", "tx_queue_size"):
+            size = self.get_property(name)
+            if size < 256 or size > 1024 or size & (size - 1):
+                raise VfwError(f"virtio-net-pci: {name} {size} must be a power of 2 in "
+                               f"256..1024")
+        vdev.sizes = [self.rx_queue_size, self.tx_queue_size]
         vdev.mac = self.mac if self.mac is not None else _default_mac()
         vdev.offloads = self.csum
 
