@@ -3,8 +3,8 @@
  * Command line: "mode=pio|mmio|pio3|mmio3 n=NUMBER".
  *   pio   - outb to an unassigned port (EXIT_PORT) at CPL0
  *   mmio  - 32-bit writes to an unassigned address in the PCI hole (EXIT_MMIO) at CPL0
- *   pio3  - the port loop at CPL3 (flat ring-3 segments; the TSS I/O bitmap allows EXIT_PORT
- *           and the debug-exit ports, because IOPL is not usable at CPL3 on every KVM)
+ *   pio3  - the port loop at CPL3 (flat ring-3 segments; the TSS I/O bitmap allows EXIT_PORT,
+ *           COM1 and the debug-exit ports, because IOPL is not usable at CPL3 on every KVM)
  *   mmio3 - the MMIO loop at CPL3
  * Just before the loop the guest writes one byte, 'L', to COM1's THR (no UART set-up: both
  * VMMs pass a THR write straight to the chardev), so with -serial stdio the host can time the
