@@ -213,3 +213,13 @@ def test_linux_boot_protocol_zero_page_e820_acpi_and_entry_state(tmp_path):
         dsl = (tmp_path / "dsdt.dsl").read_text()
         for needle in ("PNP0A03", "PNP0501", "_S5_", "_PRT"):
             assert needle in dsl
+
+
+def test_d_cpu_reset_and_guest_errors_go_to_the_D_file(hello, tmp_path):
+    log_file = tmp_path / "vfw.log"
+    r = vfw("-accel", "kvm", "-d", "cpu_reset,guest_errors", "-D", str(log_file), "-kernel",
+            hello, "-append", "exit=0", *DEBUG_EXIT)
+    assert r.returncode == 1, r.stderr
+    text = log_file.read_text()
+    assert text.startswith("CPU Reset (CPU 0)\nEAX=")
+    assert "EFL=00000002" in text

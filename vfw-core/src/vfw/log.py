@@ -1,11 +1,14 @@
 """QEMU's ``-d item,...`` / ``-D file`` guest-debug logging.
 
 Accelerators and devices ask ``log.enabled("int")`` on slow paths only and write through
-``log.write``; the log goes to stderr or to the ``-D`` file.
+``log.write``; the log goes to stderr or to the ``-D`` file. Device models report guest
+mistakes on the standard ``logging`` logger ``vfw.guest_errors`` (cheap when nobody listens);
+``-d guest_errors`` routes that logger here.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TextIO
 
@@ -45,6 +48,12 @@ def set_mask(spec: str) -> None:
         raise OptionError(f"unknown log item '{unknown[0]}' (-d help lists them)")
     _mask.clear()
     _mask.update(items)
+    guest_errors = logging.getLogger("vfw.guest_errors")
+    guest_errors.removeHandler(_GUEST_ERRORS)
+    if "guest_errors" in items:
+        guest_errors.addHandler(_GUEST_ERRORS)
+        guest_errors.setLevel(logging.DEBUG)
+        guest_errors.propagate = False
 
 
 def set_file(path: str) -> None:
@@ -53,6 +62,16 @@ def set_file(path: str) -> None:
         _out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives all run
     except OSError as exc:
         raise OptionError(f"could not open log file '{path}': {exc.strerror}") from None
+
+
+class _LogHandler(logging.Handler):
+    """Writes ``logging`` records to the -d/-D output, one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        write(self.format(record) + "\n")
+
+
+_GUEST_ERRORS = _LogHandler()
 
 
 def enabled(item: str) -> bool:

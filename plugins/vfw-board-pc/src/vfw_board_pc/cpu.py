@@ -452,6 +452,12 @@ class X86CPU(CPU):
         """Power-on state (``init=True``: the INIT signal, which keeps the TSC, the APIC base
         and the MTRR/PAT/machine-check MSRs). The BSP starts at F000:FFF0, APs wait for SIPI;
         EDX holds the CPUID signature."""
+        from vfw import log
+
+        if log.enabled("cpu_reset"):  # QEMU's -d cpu_reset: the state before the reset
+            from vfw.monitor.hmp import format_registers
+
+            log.write(f"CPU Reset (CPU {self.cpu_index})\n{format_registers(self.env)}\n")
         env = self.env
         kept: dict[int, int] = {}
         apic_base, tsc = env.apic_base, env.tsc
