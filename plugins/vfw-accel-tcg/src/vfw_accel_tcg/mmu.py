@@ -68,7 +68,13 @@ def walk(s: TcgCPU, lin: int, access: int, user: bool) -> tuple[int, bool]:
     cr4 = env.cr[4]
     efer = env.efer
     mem = s.mem
-    rd = mem.read
+
+    def rd(addr: int, size: int) -> int:
+        views = page_views(s, addr >> 12)
+        if views is not None:
+            return _U[size](views[0], addr & 0xFFF)[0]  # type: ignore[no-any-return]
+        return mem.read(addr, size)
+
     nxe = bool(efer & EFER_NXE)
     rw = us = True
     nx = False
@@ -146,13 +152,16 @@ def walk(s: TcgCPU, lin: int, access: int, user: bool) -> tuple[int, bool]:
         _fault(s, lin, access, user, True)
     leaf = touched[-1]
     last = len(touched) - 1
-    wr = mem.write
     for i, (addr, e, size) in enumerate(touched):
         want = e | PG_A
         if i == last and access == WRITE:
             want |= PG_D
         if want != e:
-            wr(addr, want, size)
+            views = page_views(s, addr >> 12)
+            if views is not None and views[1] is not None:
+                _P[size](views[1], addr & 0xFFF, want)
+            else:
+                mem.write(addr, want, size)
     return phys, bool(leaf[1] & PG_G)
 
 
@@ -279,7 +288,11 @@ def current_tb(s: TcgCPU) -> TB | None:
 def rd(s: TcgCPU, lin: int, size: int) -> int:
     """Read ``size`` bytes at linear ``lin`` (TLB miss, page crossing or MMIO)."""
     off = lin & 0xFFF
-    if off + size > 4096:
+    if off + size <= 4096:
+        view = s.rt.get(lin >> 12)
+        if view is not None:
+            return view[off] if size == 1 else _U[size](view, off)[0]  # type: ignore
+    else:
         first = 4096 - off
         p1 = fill(s, lin, READ)
         p2 = fill(s, (lin + first) & s.lin_mask, READ)
@@ -307,7 +320,15 @@ def rdw(s: TcgCPU, lin: int, size: int) -> int:
 def wr(s: TcgCPU, lin: int, size: int, value: int) -> None:
     """Write ``size`` bytes at linear ``lin`` (TLB miss, page crossing, code page, MMIO)."""
     off = lin & 0xFFF
-    if off + size > 4096:
+    if off + size <= 4096:
+        view = s.wt.get(lin >> 12)
+        if view is not None:
+            if size == 1:
+                view[off] = value & 0xFF
+            else:
+                _P[size](view, off, value & ((1 << (8 * size)) - 1))
+            return
+    else:
         first = 4096 - off
         p1 = fill(s, lin, WRITE)
         p2 = fill(s, (lin + first) & s.lin_mask, WRITE)
