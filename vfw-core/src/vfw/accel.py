@@ -7,7 +7,7 @@ it asks the accelerator what it provides (``irqchip_in_kernel``) and hands it RA
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from .errors import AccelError, OptionError, VfwError
 from .qom import TABLE, Object, register_type
@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 ACCEL_SUFFIX = "-accel"
+
+
+class IrqfdRoute(Protocol):
+    """An MSI route behind an eventfd (KVM's irqfd): writing 8 bytes to ``fd``
+    (``os.eventfd_write(fd, 1)``) delivers the route's message without a system call into
+    the accelerator, from any thread."""
+
+    fd: int
 
 
 @register_type
@@ -62,6 +70,22 @@ class Accel(Object):
     def send_msi(self, address: int, data: int) -> None:
         """Deliver an MSI through the in-kernel irqchip (only if irqchip_in_kernel)."""
         raise AccelError(f"accelerator {self.accel_name()} has no in-kernel irqchip")
+
+    # -- optional: interrupts through eventfds (QEMU's kvm_irqchip_add_msi_route + irqfd) -----
+    def irqfd_supported(self) -> bool:
+        """True when add_msi_irqfd can return routes (KVM with KVM_CAP_IRQFD)."""
+        return False
+
+    def add_msi_irqfd(self, address: int, data: int) -> IrqfdRoute | None:
+        """A new route delivering MSI (``address``, ``data``) whenever its ``.fd`` (an eventfd)
+        is written; None when unsupported or out of routes (use send_msi then)."""
+        return None
+
+    def update_msi_irqfd(self, route: IrqfdRoute, address: int, data: int) -> None:
+        """Point ``route`` at a new message (the guest rewrote an MSI-X table entry)."""
+
+    def remove_msi_irqfd(self, route: IrqfdRoute) -> None:
+        """Detach and free ``route`` and close its eventfd."""
 
 
 def accel_classes() -> list[type[Accel]]:

@@ -24,6 +24,7 @@ from vfw.qom import register_type
 
 from . import kvm_api as k
 from .cpuid import CpuidEntry, build_cpuid
+from .irqfd import KVM_CAP_IRQ_ROUTING, KVM_CAP_IRQFD, GsiRouter, MsiIrqfd
 from .slots import KvmIoListener, KvmMemoryListener
 from .vcpu import KICK_SIGNAL, PUT_RESET, KvmVcpu
 
@@ -47,7 +48,8 @@ REQUIRED_CAPS = {
 }
 OPTIONAL_CAPS = (k.KVM_CAP_READONLY_MEM, k.KVM_CAP_XSAVE, k.KVM_CAP_XCRS, k.KVM_CAP_DEBUGREGS,
                  k.KVM_CAP_SET_IDENTITY_MAP_ADDR, k.KVM_CAP_PIT2, k.KVM_CAP_SIGNAL_MSI,
-                 k.KVM_CAP_IOEVENTFD, k.KVM_CAP_NR_MEMSLOTS, k.KVM_CAP_MAX_VCPU_ID)
+                 k.KVM_CAP_IOEVENTFD, k.KVM_CAP_NR_MEMSLOTS, k.KVM_CAP_MAX_VCPU_ID,
+                 KVM_CAP_IRQFD, KVM_CAP_IRQ_ROUTING)
 KERNEL_IRQCHIP = EnumType("OnOffSplit", ("on", "off", "split"))
 #: How often run() re-kicks vCPU threads that have not stopped yet (seconds).
 REKICK_INTERVAL = 0.1
@@ -113,6 +115,7 @@ class KvmAccel(Accel):
         #: Waited on (with the BQL released) by threads that queued work on a vCPU.
         self.bql_cond = threading.Condition(BQL)
         self._step = ""  # the ioctl init_machine is at, for its error message
+        self.gsi_router: GsiRouter | None = None
 
     # -- initialisation -----------------------------------------------------------------------
     def init_machine(self, machine: Any) -> None:
@@ -365,6 +368,35 @@ class KvmAccel(Accel):
         except OSError as exc:  # a guest-programmed address/data the kernel refuses
             guest_log.debug("kvm: MSI 0x%x <- 0x%x not delivered: %s", address, data, exc)
 
+    # MSI routes behind eventfds (irqfd.py); the virtio transport uses them under KVM.
+    def irqfd_supported(self) -> bool:
+        return self.vm_fd >= 0 and bool(self.caps.get(KVM_CAP_IRQFD)) \
+            and bool(self.caps.get(KVM_CAP_IRQ_ROUTING))
+
+    def _gsi_router(self) -> GsiRouter:
+        if self.gsi_router is None:
+            self.gsi_router = GsiRouter(self.vm_fd, self.caps.get(KVM_CAP_IRQ_ROUTING) or 0)
+        return self.gsi_router
+
+    def add_msi_irqfd(self, address: int, data: int) -> MsiIrqfd | None:
+        if not self.irqfd_supported():
+            return None
+        try:
+            return self._gsi_router().add(address, data)
+        except AccelError as exc:
+            log.warning("%s; falling back to KVM_SIGNAL_MSI", exc)
+            return None
+
+    def update_msi_irqfd(self, route: Any, address: int, data: int) -> None:
+        try:
+            self._gsi_router().update(route, address, data)
+        except OSError as exc:  # a message the kernel refuses: the route keeps the old one
+            guest_log.debug("kvm: MSI route 0x%x <- 0x%x refused: %s", address, data, exc)
+
+    def remove_msi_irqfd(self, route: Any) -> None:
+        if self.gsi_router is not None:
+            self.gsi_router.remove(route)
+
     def set_guest_debug(self, *args: Any) -> None:  # the gdbstub's breakpoints and steps
         from .guest_debug import set_guest_debug
         set_guest_debug(self, *args)
@@ -413,6 +445,9 @@ class KvmAccel(Accel):
 
     # -- teardown -----------------------------------------------------------------------------
     def _close(self) -> None:
+        if self.gsi_router is not None:
+            self.gsi_router.close()
+            self.gsi_router = None
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()

@@ -12,10 +12,11 @@ from vfw.main_loop import main_loop
 from vfw.props import SIZE, EnumType, prop
 from vfw.qom import register_type
 
-#: Blocks a vCPU runs before the next one gets its turn.
-SLICE_BLOCKS = 1000
-#: How often (host ns) the main loop is polled for timers and file descriptors while running.
-POLL_NS = 2_000_000
+#: Blocks a vCPU runs between checks of the clock.
+SLICE_BLOCKS = 256
+#: How long (host ns) a vCPU runs before the next one gets its turn and the main loop is
+#: polled for timers and file descriptors.
+SLICE_NS = 1_000_000
 
 
 def _bits(*bits: int) -> int:
@@ -130,27 +131,28 @@ class TcgAccel(Accel):
         event = machine.request_event
         for v in vcpus:
             v.sync_in()
-        next_poll = time.monotonic_ns() + POLL_NS
+        clock = time.monotonic_ns
         try:
             while not event.is_set():
                 ran = False
                 for v in vcpus:
-                    if v.runnable():
-                        set_current_cpu(v.cpu)
+                    if not v.runnable():
+                        continue
+                    set_current_cpu(v.cpu)
+                    ran = True
+                    end = clock() + SLICE_NS
+                    while True:
                         v.step(SLICE_BLOCKS)
-                        ran = True
+                        if event.is_set() or v.env.halted or clock() >= end \
+                                or not v.runnable():
+                            break
                     if event.is_set():
                         break
                 if event.is_set():
                     break
-                if not ran:
-                    loop.poll(None)  # all halted: sleep until a timer, an fd or a kick
-                    next_poll = time.monotonic_ns() + POLL_NS
-                    continue
-                now = time.monotonic_ns()
-                if now >= next_poll:
-                    loop.poll(0)
-                    next_poll = now + POLL_NS
+                # Timers and file descriptors; when every vCPU is halted, sleep until a
+                # timer, an fd or a kick.
+                loop.poll(0 if ran else None)
         finally:
             for v in vcpus:
                 v.sync_out()

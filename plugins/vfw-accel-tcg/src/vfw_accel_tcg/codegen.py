@@ -24,8 +24,8 @@ from . import flags as F
 from .consts import M16, M32, M64, MASK, R_CS, R_DS, R_ES, R_FS, R_GS, R_SS
 from .decode import OP_IMM, OP_MEM, OP_REG, Insn, Op
 
-#: Iterations a block that loops on itself runs before returning to the dispatcher.
-LOOP_BUDGET = 2000
+#: About how many guest instructions a block that loops on itself runs per call.
+LOOP_BUDGET = 4096
 
 FLUSH = "@FLUSH@"
 RELOAD = "@RELOAD@"

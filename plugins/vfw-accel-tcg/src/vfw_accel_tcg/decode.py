@@ -101,8 +101,8 @@ class Op:
 class Insn:
     """A decoded instruction with everything the translator needs."""
 
-    __slots__ = ("addr", "addrsize", "bytes", "id", "lock", "mnem", "modrm", "next", "op_str",
-                 "opcode", "ops", "opsize", "p66", "rep", "rex", "segov", "size")
+    __slots__ = ("addr", "addrsize", "bytes", "follow", "id", "lock", "mnem", "modrm", "next",
+                 "op_str", "opcode", "ops", "opsize", "p66", "rep", "rex", "segov", "size")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -122,6 +122,8 @@ class Insn:
         self.addrsize = 4
         self.opcode: list[int] = []
         self.modrm = 0
+        #: a direct jump/call whose target the translator continues with in the same block
+        self.follow = False
 
     def __str__(self) -> str:
         return f"{self.mnem} {self.op_str}".strip()

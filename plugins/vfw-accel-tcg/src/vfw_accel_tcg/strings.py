@@ -58,8 +58,11 @@ def H_STR(s: TcgCPU, op: str, size: int, rep: int, asz: int, seg: int) -> bool:
     def setr(i: int, v: int) -> None:
         R[i] = _upd(R[i], v, asz)
 
-    if rep and op in ("movs", "stos") and not back:
-        count = _bulk(s, op, size, count, asz, sbase, dbase)
+    if rep and op in ("movs", "stos"):
+        if back:
+            count = _bulk_back(s, op, size, count, asz, sbase, dbase)
+        else:
+            count = _bulk(s, op, size, count, asz, sbase, dbase)
         if count == 0:
             return True
     budget = ELEMENT_BUDGET
@@ -154,6 +157,49 @@ def _bulk(s: TcgCPU, op: str, size: int, count: int, asz: int, sbase: int, dbase
                 dst[:] = src
             R[6] = _upd(R[6], si + nbytes, asz)
             R[7] = _upd(R[7], di + nbytes, asz)
+        count -= n
+        R[1] = _upd(R[1], count, asz)
+    return 0
+
+
+def _bulk_back(s: TcgCPU, op: str, size: int, count: int, asz: int, sbase: int, dbase: int
+               ) -> int:
+    """REP MOVS/STOS with DF=1 over RAM: chunks below RDI/RSI; returns the count left."""
+    R = s.R
+    am = MASK[asz]
+    lm = s.lin_mask
+    pattern = (R[0] & MASK[size]).to_bytes(size, "little")
+    while count:
+        si, di = R[6] & am, R[7] & am
+        dl = (dbase + di) & lm
+        if (dl & 0xFFF) + size > 4096:
+            return count
+        n = min(count, (dl & 0xFFF) // size + 1, di // size + 1)
+        if op == "movs":
+            sl = (sbase + si) & lm
+            if (sl & 0xFFF) + size > 4096:
+                return count
+            n = min(n, (sl & 0xFFF) // size + 1, si // size + 1)
+        nbytes = n * size
+        low_d = dl - nbytes + size
+        dst = _ram_run(s, low_d, nbytes, True)
+        if dst is None:
+            return count
+        if op == "stos":
+            dst[:] = pattern * n
+            R[7] = _upd(R[7], di - nbytes, asz)
+        else:
+            low_s = sl - nbytes + size
+            src = _ram_run(s, low_s, nbytes, False)
+            if src is None:
+                return count
+            sp = mmu.fill(s, low_s, mmu.READ)
+            dp = mmu.fill(s, low_d, mmu.WRITE)
+            if dp < sp < dp + nbytes:
+                return count  # copying downwards over itself: element by element
+            dst[:] = src.tobytes()
+            R[6] = _upd(R[6], si - nbytes, asz)
+            R[7] = _upd(R[7], di - nbytes, asz)
         count -= n
         R[1] = _upd(R[1], count, asz)
     return 0

@@ -679,6 +679,44 @@ def H_FWAIT(s: TcgCPU) -> None:
     fpu_check(s, wait=True)
 
 
+def H_EMMS(s: TcgCPU) -> None:
+    """EMMS: every x87/MMX register becomes empty (Linux runs it in AMD's FXSAVE-leak
+    workaround before each FXRSTOR)."""
+    fpu_check(s)
+    s.env.ftw = 0
+
+
+X87_INDEFINITE = 0xFFFF_C000_0000_0000_0000  # the masked response to a stack fault
+
+
+def int_to_extended(value: int) -> int:
+    """An integer as an 80-bit extended-precision value (exact for up to 64 bits)."""
+    if value == 0:
+        return 0
+    sign = 1 << 79 if value < 0 else 0
+    magnitude = -value if value < 0 else value
+    shift = magnitude.bit_length() - 1
+    return sign | ((16383 + shift) << 64) | (magnitude << (63 - shift))
+
+
+def H_FILD(s: TcgCPU, value: int, size: int) -> None:
+    """FILD m16/m32/m64: push the signed integer onto the x87 stack."""
+    fpu_check(s)
+    env = s.env
+    bits = 8 * size
+    if value >> (bits - 1) & 1:
+        value -= 1 << bits
+    top = ((env.fsw >> 11) - 1) & 7
+    if env.ftw >> top & 1:  # stack overflow: invalid operation + stack fault, C1 = 1
+        env.fsw |= 0x241
+        result = X87_INDEFINITE
+    else:
+        result = int_to_extended(value)
+    env.st[top] = result
+    env.ftw |= 1 << top
+    env.fsw = (env.fsw & ~0x3800) | (top << 11)
+
+
 # -- emitters ------------------------------------------------------------------------------
 
 def mov_special(tr: Translator, insn: Insn) -> None:
@@ -988,6 +1026,14 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         v = cg().read(insn.ops[0], insn, 2)
         tr.heavy(f"H_FLDCW(s, {v})")
 
+    def e_emms(insn: Insn) -> None:
+        tr.heavy("H_EMMS(s)")
+
+    def e_fild(insn: Insn) -> None:
+        (op,) = insn.ops
+        v = cg().read(op, insn, op.size)
+        tr.heavy(f"H_FILD(s, {v}, {op.size})")
+
     def e_fnstcw(insn: Insn) -> None:
         c = cg()
         (op,) = insn.ops
@@ -1037,6 +1083,7 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         I.X86_INS_ARPL: e_arpl, I.X86_INS_FNINIT: e_fninit, I.X86_INS_FNCLEX: e_fnclex,
         I.X86_INS_WAIT: e_fwait, I.X86_INS_FLDCW: e_fldcw, I.X86_INS_FNSTCW: e_fnstcw,
         I.X86_INS_FNSTSW: e_fnstsw, I.X86_INS_CLAC: e_clac, I.X86_INS_STAC: e_clac,
+        I.X86_INS_EMMS: e_emms, I.X86_INS_FILD: e_fild,
     }
     _ = (simple, GPR)
     return t

@@ -117,7 +117,8 @@ class Block:
     ninsns: int
     insns: list[Insn]
     meta: BlockMeta
-    size: int  # guest bytes covered
+    size: int  # guest bytes spanned by the instructions
+    lo: int = 0  # where that span starts, relative to the block's RIP
 
 
 class BlockEnd(Exception):
@@ -134,20 +135,29 @@ class Translator:
 
     def __init__(self, mode: Mode, unimp_log: Callable[[str], None] | None = None):
         self.mode = mode
+        self.lin_mask = (1 << 64) - 1 if mode.lma else M32
         self.dec = Decoder(mode.bits)
         self.unimp_log = unimp_log
         self.emitters: dict[int, Callable[[Insn], None]] = self._table()
 
     # -- decoding ---------------------------------------------------------------------------------
-    def decode_block(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int
-                     ) -> tuple[list[Insn], bool]:
+    def decode_block(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int,
+                     extend: bool = True) -> tuple[list[Insn], bool]:
         """Decode from ``rip``; ``fetch(rip, n)`` gives up to n code bytes (fewer at an
-        unmapped page). Returns the instructions and whether the last one is invalid (#UD)."""
+        unmapped page). Returns the instructions and whether the last one is invalid (#UD).
+
+        With ``extend``, conditional branches become side exits and direct jumps and calls
+        to the same page are followed, so a block is a trace of several basic blocks; all of
+        it lies in the page of ``rip`` (the first instruction may straddle into the next).
+        """
         insns: list[Insn] = []
         pos = rip
         ipmask = self.dec.ipmask
-        page_left = 4096 - ((self.mode.cs_base + rip) & 0xFFF)
+        base = self.mode.cs_base
+        page = (base + rip) & ~0xFFF
+        seen: set[int] = set()
         while len(insns) < max_insns:
+            page_left = page + 4096 - ((base + pos) & self.lin_mask)
             code = fetch(pos, 15)
             insn = self.dec.decode(code, pos)
             if insn is None:
@@ -157,8 +167,28 @@ class Translator:
             if insns and insn.size > page_left:
                 break  # crosses into the next page: starts its own block
             insns.append(insn)
-            page_left -= insn.size
-            if insn.id in ENDS_BLOCK or self._ends(insn) or page_left <= 0:
+            seen.add(pos)
+            if insn.size >= page_left:
+                break
+            i = insn.id
+            if extend and len(insns) < max_insns - 1:
+                if i in JCC or i in (I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE,
+                                     I.X86_INS_JCXZ, I.X86_INS_JECXZ, I.X86_INS_JRCXZ):
+                    if insn.ops and insn.ops[0].kind == OP_IMM:
+                        pos = insn.next
+                        if pos not in seen:
+                            continue
+                    break
+                if i in (I.X86_INS_JMP, I.X86_INS_CALL) and insn.ops \
+                        and insn.ops[0].kind == OP_IMM:
+                    target = self._target(insn)
+                    if (target != rip and target not in seen
+                            and ((base + target) & self.lin_mask) & ~0xFFF == page):
+                        insn.follow = True
+                        pos = target
+                        continue
+                    break
+            if i in ENDS_BLOCK or self._ends(insn):
                 break
             pos = (pos + insn.size) & ipmask
         return insns, False
@@ -248,13 +278,17 @@ class Translator:
     # -- translation ----------------------------------------------------------------------------
     def translate(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int = 0,
                   allow_loop: bool = True) -> Block:
-        insns, invalid = self.decode_block(fetch, rip, max_insns or MAX_INSNS)
+        insns, invalid = self.decode_block(fetch, rip, max_insns or MAX_INSNS,
+                                           extend=allow_loop and max_insns != 1)
         n = len(insns)
-        # Liveness of the arithmetic flags after each instruction.
+        # Liveness of the arithmetic flags after each instruction (side exits need them all).
         live_after = [0] * n
         live = ALL
         infos = [self.flag_info(x) for x in insns]
         for k in range(n - 1, -1, -1):
+            if k < n - 1 and self._branch_target(insns[k]) is not None \
+                    and not insns[k].follow:
+                live = ALL
             live_after[k] = live
             reads, wdef, wmay, passthru = infos[k]
             live = reads | (live & ~wdef) | (passthru if live & wmay else 0)
@@ -263,9 +297,9 @@ class Translator:
         self.cg = cg
         self.live_after = live_after
         self.infos = infos
-        last = insns[-1] if insns else None
-        cg.loop = bool(allow_loop and last is not None and not invalid
-                       and self._branch_target(last) == rip)
+        self.ninsns = n
+        cg.loop = bool(allow_loop and not invalid and any(
+            self._branch_target(x) == rip and not x.follow for x in insns))
         self.flush_at_backedge = live_at_start != 0
         if cg.loop:
             cg.ind = 2
@@ -287,6 +321,8 @@ class Translator:
             cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
             cg.inline_at.append(True)
             pos = insns[-1].next if insns else rip
+            if insns and insns[-1].follow:
+                pos = self._target(insns[-1])
             cg.rips.append(pos)
             if self.unimp_log is not None:
                 self.unimp_log(f"tcg: invalid or unsupported opcode at {pos:#x}: "
@@ -294,12 +330,15 @@ class Translator:
             cg.emit("raise CpuException(6)")
             ended = True
         if not ended:
-            cg.exit(str(insns[-1].next))
+            last = insns[-1]
+            cg.exit(str(self._target(last) if last.follow else last.next))
         return self._assemble(rip, insns, invalid)
 
     def _branch_target(self, insn: Insn) -> int | None:
         i = insn.id
-        if i in JCC or i in (I.X86_INS_JMP, I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE):
+        if i in JCC or i in (I.X86_INS_JMP, I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE,
+                             I.X86_INS_JCXZ, I.X86_INS_JECXZ, I.X86_INS_JRCXZ,
+                             I.X86_INS_CALL):
             if insn.ops and insn.ops[0].kind == OP_IMM:
                 return self._target(insn)
         return None
@@ -345,15 +384,20 @@ class Translator:
         pro += [f"r{r} = R[{r}]" for r in regs]
         head = ["def tb(s, R):", "    " + ("; ".join(pro) or "pass")]
         if cg.loop:
-            head += [f"    n = {LOOP_BUDGET}", "    while True:"]
+            # Bound the work of one call (~LOOP_BUDGET instructions; helpers count more), so
+            # the dispatcher gets back often enough to poll timers and take interrupts.
+            heavy = sum(1 for x in cg.inline_at if not x)
+            budget = max(4, LOOP_BUDGET // (len(insns) + 16 * heavy))
+            head += [f"    n = {budget}", "    while True:"]
         body = [ln.replace(FLUSH, flush).replace(RELOAD, reload) for ln in cg.lines]
         source = "\n".join(head + body) + "\n"
         n = len(cg.rips)
         meta = BlockMeta(tuple([0] * len(head) + cg.line_insn), tuple(cg.rips),
                          tuple(cg.inline_at[:n]), tuple(cg.fk_at[:n]), tuple(written))
-        size = sum(x.size for x in insns)
+        lo = min((x.addr for x in insns), default=rip)
+        hi = max((x.addr + x.size for x in insns), default=rip)
         return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns, meta,
-                     size)
+                     hi - lo, lo - rip)
 
     # -- small helpers for emitters ------------------------------------------------------------
     def live(self) -> int:
@@ -384,33 +428,30 @@ class Translator:
         raise BlockEnd()
 
     def branch(self, cond: str | None, target: int | str, fall: int | None) -> None:
-        """End the block: to ``target`` if ``cond`` (None: always), else to ``fall``."""
+        """A branch to ``target`` if ``cond`` (None: always), else to ``fall``.
+
+        Mid-block conditional branches are side exits (the block goes on with the
+        fall-through); a branch to the block start is a back edge of its loop."""
         cg = self.cg
-        loop = cg.loop and self.k == len(self.live_after) - 1 and target == cg.start
-        if not loop:
-            if cond is None:
-                cg.exit(str(target))
-            else:
-                cg.emit(f"if {cond}:")
-                cg.indent()
-                cg.exit(str(target))
-                cg.dedent()
-                cg.exit(str(fall))
-            raise BlockEnd()
+        last = self.k == self.ninsns - 1
+        back = cg.loop and target == cg.start
         if cond is not None:
             cg.emit(f"if {cond}:")
             cg.indent()
-        if self.flush_at_backedge:
-            stmt = cg.flags_store_stmt()
-            if stmt:
-                cg.emit(stmt)
-        cg.emit("n -= 1")
-        cg.emit("if n: continue")
+        if back:
+            if self.flush_at_backedge:
+                stmt = cg.flags_store_stmt()
+                if stmt:
+                    cg.emit(stmt)
+            cg.emit("n -= 1")
+            cg.emit("if n: continue")
         cg.exit(str(target))
-        if cond is not None:
-            cg.dedent()
+        if cond is None:
+            raise BlockEnd()
+        cg.dedent()
+        if last:
             cg.exit(str(fall))
-        raise BlockEnd()
+            raise BlockEnd()
 
     def sp_size(self) -> int:
         return self.mode.stack_size
@@ -1163,6 +1204,8 @@ class Translator:
     def e_jmp(self, insn: Insn) -> None:
         cg = self.cg
         (op,) = insn.ops
+        if insn.follow:
+            return  # the block continues at the target
         if op.kind == OP_IMM:
             self.branch(None, self._target(insn), None)
         size = 8 if self.mode.bits == 64 else insn.opsize
@@ -1183,6 +1226,10 @@ class Translator:
             target = cg.t()
             cg.emit(f"{target} = {v}")
         self.push(str(insn.next), size)
+        if insn.follow:
+            return  # the block continues in the callee
+        if target == str(cg.start) and cg.loop:
+            self.branch(None, cg.start, None)
         cg.exit(target)
         raise BlockEnd()
 

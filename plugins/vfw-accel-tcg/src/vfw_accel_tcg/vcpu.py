@@ -313,7 +313,7 @@ class TcgCPU:
                              allow_loop=not cflags)
         # Record the exact guest bytes the block covers, per physical page.
         recorded: list[tuple[int, int, bytes]] = []
-        start = lin
+        start = (lin + block.lo) & lin_mask
         remaining = max(block.size, 1)
         while remaining > 0:
             vpage = start >> 12

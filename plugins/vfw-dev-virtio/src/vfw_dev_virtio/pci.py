@@ -9,7 +9,12 @@ then MSI-X.
 Each queue's notify address carries an ioeventfd (``MemoryRegion.add_eventfd``): under KVM the
 kernel signals it without a vCPU exit and the main loop runs the queue; under any other
 accelerator the same write reaches :meth:`_notify_write` through ordinary MMIO dispatch.
-Interrupts go by MSI-X when the driver enabled it, else through INTx and the ISR.
+Interrupts go by MSI-X when the driver enabled it, else through INTx and the ISR. When the
+accelerator offers irqfds (KVM), each MSI-X vector the device signals gets an MSI route behind
+an eventfd (QEMU's kvm_virtio_pci_vector_use): a used-ring notification writes the eventfd and
+the kernel injects the message. The route follows the guest's table entry (re-read before each
+signal) and is released when the vector is masked; a masked vector goes through msix_notify so
+its PBA bit is set, and the core re-sends it when the guest unmasks it.
 
 The driver is never trusted: register accesses are bounds-checked, status changes that make
 no sense are ignored, and a ring-protocol violation (:class:`VirtqueueError`) puts the device
@@ -21,14 +26,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from vfw.errors import VfwError
 from vfw.main_loop import BQL, main_loop
 from vfw.memory import MemoryRegion, memory_transaction
 from vfw.pci import PCI_CAP_ID_VNDR, PCIDevice
 from vfw.props import BOOL, INT32, STR, UINT32, prop
-from vfw.qom import register_type
+from vfw.qom import register_type, resolve_path
 
 from .device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VirtioDevice
 from .virtqueue import VirtQueue, VirtqueueError
@@ -100,6 +105,13 @@ class VirtioPCI(PCIDevice):
         self.vdev: VirtioDevice | None = None
         self.queues: list[VirtQueue] = []
         self._eventfds: list[int] = []
+        #: vector -> (irqfd route, the address and data it was set up with).
+        self._irqfds: dict[int, tuple[Any, int, int]] = {}
+        self._irqfd_accel: Any = None  # resolved on the first MSI-X interrupt
+        self._msi_sink_at_realize: Any = None
+        #: MSI-X interrupts signalled through an irqfd / through msix_notify (tests, stats).
+        self.irqfd_interrupts = 0
+        self.msix_notify_interrupts = 0
         self._virtio_reset_state()
 
     def _virtio_reset_state(self) -> None:
@@ -134,12 +146,15 @@ class VirtioPCI(PCIDevice):
         vdev.set_realized(True)
         self.vdev = vdev
         self.queues = [VirtQueue(i, size) for i, size in enumerate(vdev.queue_sizes())]
+        bus = self.pci_bus
+        self._msi_sink_at_realize = bus.msi_sink if bus is not None else None
         if self.vectors > 2048:
             raise VfwError(f"{self.type_name}: vectors={self.vectors} is above 2048")
         self._build_bar()
         self._build_caps()
         if self.vectors:
             self.msix_init_exclusive_bar(self.vectors, MSIX_BAR)
+            self.msix_mask_notifiers.append(self._msix_mask_changed)
 
     def _build_bar(self) -> None:
         bar = MemoryRegion.container(f"{self.type_name}-modern", MODERN_BAR_SIZE)
@@ -194,6 +209,7 @@ class VirtioPCI(PCIDevice):
         self.set_wmask(cfg + 16, 0xFFFFFFFF, 4)  # pci_cfg_data
 
     def unrealize(self) -> None:
+        self._release_irqfds()
         for q, fd in zip(self.queues, self._eventfds, strict=False):
             main_loop().remove_reader(fd)
             try:
@@ -210,6 +226,7 @@ class VirtioPCI(PCIDevice):
         self._virtio_device_reset()
 
     def _virtio_device_reset(self) -> None:
+        self._release_irqfds()
         self._virtio_reset_state()
         for q in self.queues:
             q.reset()
@@ -257,10 +274,79 @@ class VirtioPCI(PCIDevice):
     def _interrupt(self, vector: int, isr_bit: int) -> None:
         if self.msix_enabled():
             if vector != NO_VECTOR:
-                self.msix_notify(vector)
+                self._msix_signal(vector)
             return
         self.isr |= isr_bit
         self.pci_set_irq(1)
+
+    # -- MSI-X through irqfds (KVM) ---------------------------------------------------------
+    def _msix_signal(self, vector: int) -> None:
+        if 0 <= vector < self.msix_entries and not self.msix_is_masked(vector):
+            fd = self._irqfd_for(vector)
+            if fd is not None:
+                os.eventfd_write(fd, 1)
+                self.irqfd_interrupts += 1
+                return
+        self.msix_notify(vector)  # sent, or its PBA bit set while masked
+        self.msix_notify_interrupts += 1
+
+    def _accel_with_irqfd(self) -> Any:
+        if self._irqfd_accel is None:
+            machine = resolve_path("/machine")
+            accel = getattr(machine, "accel", None)
+            supported = getattr(accel, "irqfd_supported", None)
+            self._irqfd_accel = accel if supported is not None and supported() else False
+        return self._irqfd_accel or None
+
+    def _msi_sink_is_accel(self, accel: Any) -> bool:
+        """Only when MSIs go straight to the accelerator (the bus's sink is the one the board
+        installed, which forwards to ``accel.send_msi``): an irqfd would bypass anything put in
+        between since (a remapping unit, a test's probe)."""
+        bus = self.pci_bus
+        if bus is None or bus.msi_sink is not self._msi_sink_at_realize:
+            return False
+        sink = bus.msi_sink
+        machine = resolve_path("/machine")
+        return bool(sink == accel.send_msi or getattr(machine, "msi_sink", None) == accel.send_msi)
+
+    def _irqfd_for(self, vector: int) -> int | None:
+        """The eventfd of ``vector``'s route, set up or updated to the table entry's current
+        message (the guest may rewrite an unmasked entry); None: use msix_notify."""
+        accel = self._accel_with_irqfd()
+        if accel is None or not self._msi_sink_is_accel(accel):
+            return None
+        address, data = self.msix_get_message(vector)
+        entry = self._irqfds.get(vector)
+        if entry is None:
+            route = accel.add_msi_irqfd(address, data)
+            if route is None:
+                return None
+            self._irqfds[vector] = (route, address, data)
+        else:
+            route = entry[0]
+            if entry[1:] != (address, data):
+                accel.update_msi_irqfd(route, address, data)
+                self._irqfds[vector] = (route, address, data)
+        fd = int(route.fd)
+        if fd < 0:  # the accelerator closed it (VM torn down)
+            del self._irqfds[vector]
+            return None
+        return fd
+
+    def _msix_mask_changed(self, vector: int, masked: bool) -> None:
+        """A masked vector must not fire: drop its route (the core sets its pending bit and
+        re-sends on unmask; the next signal sets up a route with the message then current)."""
+        if masked:
+            self._release_irqfd(vector)
+
+    def _release_irqfd(self, vector: int) -> None:
+        entry = self._irqfds.pop(vector, None)
+        if entry is not None and self._irqfd_accel:
+            self._irqfd_accel.remove_msi_irqfd(entry[0])
+
+    def _release_irqfds(self) -> None:
+        for vector in list(self._irqfds):
+            self._release_irqfd(vector)
 
     # -- notifications ----------------------------------------------------------------------
     def _eventfd_handler(self, fd: int, index: int) -> Callable[[], None]:
