@@ -141,10 +141,11 @@ class Translator:
         self.emitters: dict[int, Callable[[Insn], None]] = self._table()
 
     # -- decoding ---------------------------------------------------------------------------------
-    def decode_block(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int,
+    def decode_block(self, fetch: Callable[..., bytes], rip: int, max_insns: int,
                      extend: bool = True) -> tuple[list[Insn], bool]:
         """Decode from ``rip``; ``fetch(rip, n)`` gives up to n code bytes (fewer at an
-        unmapped page). Returns the instructions and whether the last one is invalid (#UD).
+        unmapped page; ``fetch(rip, n, True)`` raises that page's fault instead). Returns the
+        instructions and whether the last one is invalid (#UD).
 
         With ``extend``, conditional branches become side exits and direct jumps and calls
         to the same page are followed, so a block is a trace of several basic blocks; all of
@@ -163,7 +164,12 @@ class Translator:
             if insn is None:
                 if len(code) < 15 and insns:
                     break  # may continue on a page we could not fetch: end here
-                return insns, True
+                if len(code) < 15:
+                    # The first instruction runs into a page that cannot be fetched: the
+                    # CPU raises that page's fault (#PF with its address), not #UD.
+                    insn = self.dec.decode(fetch(pos, 15, True), pos)
+                if insn is None:
+                    return insns, True
             if insns and insn.size > page_left:
                 break  # crosses into the next page: starts its own block
             insns.append(insn)

@@ -282,7 +282,7 @@ class TcgCPU:
         first_vpage = lin >> 12
         lin_mask = self.lin_mask
 
-        def fetch(pos: int, n: int) -> bytes:
+        def fetch(pos: int, n: int, strict: bool = False) -> bytes:
             out = bytearray()
             a = (mode.cs_base + pos) & lin_mask
             while n > 0:
@@ -294,7 +294,7 @@ class TcgCPU:
                     if pp is None:
                         pp = mmu.fill(self, a, mmu.EXEC) >> 12
                 except CpuException:
-                    if vpage == first_vpage:
+                    if vpage == first_vpage or strict:
                         raise
                     break
                 views = mmu.page_views(self, pp)
