@@ -309,9 +309,10 @@ def test_parse_global_round_trip(driver: str, prop: str, value: str) -> None:
 
 
 def example_argv(name: str) -> list[str]:
+    from vfw.testing import need
+
     path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"example command lines not found: {path} is absent")
+    need(path.is_file(), f"example command lines not found: {path} is absent")
     return shlex.split(path.read_text())[1:]  # without the program name
 
 

@@ -226,8 +226,9 @@ def test_machine_help_imports_only_machine_plugins(site):
 def test_openstack_command_line_fails_with_one_clear_line():
     """The real plugins are installed in the test venv; nothing may trace back."""
     examples = Path(__file__).resolve().parents[3] / "shared" / "examples"
-    if not examples.is_dir():
-        pytest.skip(f"shared examples not found at {examples}")
+    from vfw.testing import need
+
+    need(examples.is_dir(), f"shared examples not found at {examples}")
     import subprocess
     import sys
 
