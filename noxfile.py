@@ -54,7 +54,8 @@ def _check_dists(session: nox.Session, *dists: str) -> None:
 def tests(session: nox.Session) -> None:
     """Everything installed (editable): every test of every distribution."""
     session.install(*TEST_DEPS)
-    session.install("-e", CORE, "-e", KVM, "-e", TCG, "-e", PC, "-e", VIRTIO)
+    session.install("-e", f"{CORE}[test]", "-e", KVM, "-e", f"{TCG}[test]", "-e", PC,
+                    "-e", VIRTIO)
     _pytest(session)
 
 
@@ -62,7 +63,7 @@ def tests(session: nox.Session) -> None:
 def core_only(session: nox.Session) -> None:
     """vfw-core alone: the CLI works and says what to install."""
     session.install(*TEST_DEPS)
-    session.install(CORE)
+    session.install(f"{CORE}[test]")
     _pytest(session, "vfw-core/tests", "tests")
     _check_dists(session, CORE)
 
@@ -71,7 +72,7 @@ def core_only(session: nox.Session) -> None:
 def core_tcg(session: nox.Session) -> None:
     """vfw-core + vfw-board-pc + vfw-accel-tcg: a software-only install."""
     session.install(*TEST_DEPS)
-    session.install(CORE, PC, TCG)
+    session.install(f"{CORE}[test]", PC, f"{TCG}[test]")
     _pytest(session, "vfw-core/tests", "tests", PC, TCG)
     _check_dists(session, CORE, PC, TCG)
 
@@ -80,7 +81,7 @@ def core_tcg(session: nox.Session) -> None:
 def core_kvm(session: nox.Session) -> None:
     """vfw-core + vfw-board-pc + vfw-accel-kvm: a KVM-only install."""
     session.install(*TEST_DEPS)
-    session.install(CORE, PC, KVM)
+    session.install(f"{CORE}[test]", PC, KVM)
     _pytest(session, "vfw-core/tests", "tests", PC, KVM)
     _check_dists(session, CORE, PC, KVM)
 
@@ -90,7 +91,7 @@ def everything(session: nox.Session) -> None:
     """All five distributions and the edu example plugin, installed non-editable as a user
     would: every suite, and every distribution's wheel and sdist checked."""
     session.install(*TEST_DEPS)
-    session.install(CORE, KVM, TCG, PC, VIRTIO, EDU)
+    session.install(f"{CORE}[test]", KVM, f"{TCG}[test]", PC, VIRTIO, EDU)
     _pytest(session, "vfw-core/tests", "plugins", "tests", f"{EDU}/tests")
     _check_dists(session, CORE, KVM, TCG, PC, VIRTIO, EDU)
 

@@ -80,7 +80,9 @@ def spin_vm(tmp_path: Path) -> Iterator[Vm]:
 
 
 def test_qemu_qmp_client_drives_a_running_guest(spin_vm: Vm) -> None:
-    pytest.importorskip("qemu.qmp")
+    need(importlib.util.find_spec("qemu") is not None
+         and importlib.util.find_spec("qemu.qmp") is not None,
+         "the qemu.qmp client is not installed (pip install 'vfw-core[test]')")
     from qemu.qmp import ExecuteError, QMPClient
 
     assert stat.S_IMODE(os.stat(spin_vm.qmp_path).st_mode) == 0o600
