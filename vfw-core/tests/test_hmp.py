@@ -10,8 +10,6 @@ import struct
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
 from vfw.memory import AddressSpace, MemoryRegion
 from vfw.monitor.hmp import (
     HumanMonitor,
@@ -130,7 +128,6 @@ def test_x_and_xp_formats() -> None:
     m.address_space_memory.write_bytes(0x2000, bytes.fromhex("b83412f4"))
     cpu.env.segs[1] = seg(0, 0, 0xFFFF, 0x9B00)
     cpu.env.rip = 0x2000
-    pytest.importorskip("capstone")
     out = mon.run_command("x/2i $pc")
     assert out == ("0x0000000000002000:  movw $0x1234, %ax\n"
                    "0x0000000000002003:  hlt\n"), out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-C, P, A, Z, S, O = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800
+C, P, A, Z, S, O = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800  # noqa: E741 - the EFLAGS names
 ALL = C | P | A | Z | S | O
 
 REGS64 = {

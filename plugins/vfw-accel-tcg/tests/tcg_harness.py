@@ -17,6 +17,7 @@ from vfw.machine import Machine
 from vfw.memory import MemoryRegion
 from vfw.qom import TABLE, register_type
 from vfw.runstate import ShutdownCause
+from vfw_accel_tcg.accel import TcgAccel
 from vfw_board_pc.cpu_state import (
     CR0_ET,
     CR0_PE,
@@ -39,8 +40,6 @@ from vfw_board_pc.cpu_state import (
     SegmentCache,
     X86CPUState,
 )
-
-from vfw_accel_tcg.accel import TcgAccel
 
 CODE32 = DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_RW_MASK | DESC_A_MASK | DESC_B_MASK \
     | DESC_G_MASK

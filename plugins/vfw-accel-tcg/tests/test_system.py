@@ -121,7 +121,7 @@ def _labels(text: str, base: int, names: list[str]) -> dict[str, int]:
 
 
 def test_page_faults_set_cr2_and_error_codes():
-    h = _h()
+    _h()
     handlers = """
     pf_handler:
         pop rax                      # error code

@@ -21,6 +21,7 @@ from .consts import (
     CR0_PG,
     CR0_WP,
     CR4_PAE,
+    CR4_PGE,
     CR4_PSE,
     CR4_SMEP,
     EFER_LMA,
@@ -205,7 +206,7 @@ def fill(s: TcgCPU, lin: int, access: int, user: bool | None = None) -> int:
             raise CpuException(EXC_GP, 0)
         lin &= M64
     vpage = lin >> 12
-    phys, _glob = walk(s, lin, access, user)
+    phys, glob = walk(s, lin, access, user)
     ppage = phys >> 12
     views = page_views(s, ppage)
     if user == (s.cpl == 3):
@@ -213,7 +214,9 @@ def fill(s: TcgCPU, lin: int, access: int, user: bool | None = None) -> int:
     else:
         rt, wt, xt = s.tlbs[3 if user else 0]
     if len(rt) > TLB_LIMIT or len(wt) > TLB_LIMIT:
-        s.tlb_flush()
+        s.tlb_overflow()
+    if not glob or not s.env.cr[4] & CR4_PGE:
+        s.nonglobal.add(vpage)
     if access == EXEC:
         xt[vpage] = ppage
     if views is not None:

@@ -139,7 +139,7 @@ def H_CR_WRITE(s: TcgCPU, n: int, value: int) -> None:
         env.cr[2] = value & s.lin_mask
     elif n == 3:
         env.cr[3] = value & (M64 if env.efer & EFER_LMA else M32)
-        s.tlb_flush()
+        s.tlb_flush_nonglobal()
     elif n == 4:
         if value & ~CR4_KNOWN or (env.efer & EFER_LMA and not value & CR4_PAE):
             raise CpuException(EXC_GP, 0)

@@ -23,7 +23,6 @@ from .consts import (
     MASK,
     OF,
     R_DS,
-    R_ES,
     R_SS,
     SIGN,
     ZF,
@@ -342,11 +341,10 @@ class Translator:
 
     def _branch_target(self, insn: Insn) -> int | None:
         i = insn.id
-        if i in JCC or i in (I.X86_INS_JMP, I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE,
-                             I.X86_INS_JCXZ, I.X86_INS_JECXZ, I.X86_INS_JRCXZ,
-                             I.X86_INS_CALL):
-            if insn.ops and insn.ops[0].kind == OP_IMM:
-                return self._target(insn)
+        if (i in JCC or i in (I.X86_INS_JMP, I.X86_INS_LOOP, I.X86_INS_LOOPE, I.X86_INS_LOOPNE,
+                              I.X86_INS_JCXZ, I.X86_INS_JECXZ, I.X86_INS_JRCXZ,
+                              I.X86_INS_CALL)) and insn.ops and insn.ops[0].kind == OP_IMM:
+            return self._target(insn)
         return None
 
     def _target(self, insn: Insn) -> int:

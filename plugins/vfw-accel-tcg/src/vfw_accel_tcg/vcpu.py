@@ -62,7 +62,7 @@ class TcgCPU:
         "fop", "fr", "io", "jc", "jcs", "lin_mask", "lma", "machine", "mem", "mem_gen",
         "mode", "mode_key", "modes", "nmi_blocked", "on_reset", "rt", "sb", "smc_tb", "tbc",
         "tlbs", "translators", "tsc_base_ns", "w_rev", "wt", "xt", "delivering", "insn_count",
-        "halt_hook", "_env_id",
+        "halt_hook", "_env_id", "nonglobal", "jc_index",
     )
 
     def __init__(self, tbc: TBCache, cpu: Any, machine: Any):
@@ -81,6 +81,10 @@ class TcgCPU:
             0: ({}, {}, {}), 3: ({}, {}, {})}
         self.rt, self.wt, self.xt = self.tlbs[0]
         self.w_rev: dict[int, list[tuple[dict[int, Any], int]]] = {}
+        #: virtual pages with TLB entries that a CR3 write must drop (not global pages)
+        self.nonglobal: set[int] = set()
+        #: virtual page -> jump-cache entries of blocks with code on it
+        self.jc_index: dict[int, list[tuple[dict[int, Any], int]]] = {}
         self.jcs: dict[Any, dict[int, Any]] = {}
         self.jc: dict[int, Any] = {}
         self.modes: dict[Any, Mode] = {}
@@ -192,13 +196,33 @@ class TcgCPU:
 
     # -- TLB ---------------------------------------------------------------------------------
     def tlb_flush(self) -> None:
+        """Drop every translation (CR4/CR0 paging changes, INVLPG of a large area...)."""
         for rt, wt, xt in self.tlbs.values():
             rt.clear()
             wt.clear()
             xt.clear()
         self.w_rev.clear()
+        self.nonglobal.clear()
         self.jc_flush()
         self.mem_gen = self.mem.generation
+
+    def tlb_flush_nonglobal(self) -> None:
+        """A CR3 write: drop translations except those of global pages (CR4.PGE)."""
+        from .consts import CR4_PGE
+
+        if not self.env.cr[4] & CR4_PGE:
+            self.tlb_flush()
+            return
+        tlbs = list(self.tlbs.values())
+        index = self.jc_index
+        for vpage in self.nonglobal:
+            for rt, wt, xt in tlbs:
+                rt.pop(vpage, None)
+                wt.pop(vpage, None)
+                xt.pop(vpage, None)
+            for jc, rip in index.pop(vpage, ()):
+                jc.pop(rip, None)
+        self.nonglobal.clear()
 
     def tlb_flush_page(self, lin: int) -> None:
         vpage = (lin & self.lin_mask) >> 12
@@ -206,11 +230,20 @@ class TcgCPU:
             rt.pop(vpage, None)
             wt.pop(vpage, None)
             xt.pop(vpage, None)
-        self.jc_flush()
+        for jc, rip in self.jc_index.pop(vpage, ()):
+            jc.pop(rip, None)
+
+    def tlb_overflow(self) -> None:
+        """The data TLB grew too big: empty it (code translations stay)."""
+        for rt, wt, _xt in self.tlbs.values():
+            rt.clear()
+            wt.clear()
+        self.w_rev.clear()
 
     def jc_flush(self) -> None:
         for jc in self.jcs.values():
             jc.clear()
+        self.jc_index.clear()
 
     def drop_write_entries(self, ppage: int) -> None:
         for wt, vpage in self.w_rev.pop(ppage, ()):
@@ -249,8 +282,19 @@ class TcgCPU:
         if tb is None:
             tb = self._translate(rip, lin, phys, key, cflags)
         if not cflags:
-            self.jc[rip] = tb.fn
-            tb.jc_refs.append((self.jc, rip))
+            jc = self.jc
+            jc[rip] = tb.fn
+            tb.jc_refs.append((jc, rip))
+            ent = (jc, rip)
+            index = self.jc_index
+            lst = index.get(vpage)
+            if lst is None:
+                index[vpage] = [ent]
+            else:
+                lst.append(ent)
+            if len(tb.pages) > 1:
+                nxt = ((vpage + 1) << 12 & self.lin_mask) >> 12
+                index.setdefault(nxt, []).append(ent)
         return tb.fn
 
     def _verify(self, tb: TB, lin: int) -> bool:
