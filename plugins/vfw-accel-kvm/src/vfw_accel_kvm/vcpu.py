@@ -46,6 +46,7 @@ _MMIO = struct.Struct("<Q8sIB")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _PORT_SIZE = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I")}
+_MMIO_SIZE = {**_PORT_SIZE, 8: struct.Struct("<Q")}
 
 # Put levels (QEMU's KVM_PUT_*): runtime leaves the TSC and the LAPIC alone.
 PUT_RUNTIME, PUT_RESET = 1, 2
@@ -392,6 +393,21 @@ class KvmVcpu:
     def _handle_mmio(self, machine: Any) -> None:
         run = self.run
         addr, data, length, is_write = _MMIO.unpack_from(run, k.RUN_MMIO_ADDR)
+        fmt = _MMIO_SIZE.get(length)
+        if fmt is not None:  # the common case (1/2/4/8 bytes), kept short
+            space = machine.address_space_memory
+            with BQL:
+                try:
+                    if is_write:
+                        space.write(addr, fmt.unpack_from(run, k.RUN_MMIO_DATA)[0], length)
+                    else:
+                        fmt.pack_into(run, k.RUN_MMIO_DATA, space.read(addr, length))
+                    return
+                except GuestMemoryError as exc:  # an access wrapping past 2^64
+                    guest_log.debug("kvm: MMIO access outside the address space: %s", exc)
+                    if not is_write:
+                        run[k.RUN_MMIO_DATA:k.RUN_MMIO_DATA + 8] = b"\xff" * 8
+                    return
         if not 1 <= length <= 8:
             raise AccelError(f"kvm: malformed MMIO exit (length {length})")
         space = machine.address_space_memory
