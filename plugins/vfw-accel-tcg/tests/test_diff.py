@@ -191,3 +191,19 @@ def test_sse_moves_and_integer_ops():
     ])
     for seed in range(5):
         difftest.check(64, text, 0, seed, check_xmm=True)
+
+
+def test_loop_blocks_with_32bit_specialisation():
+    """Loops whose registers are rewritten as 32-bit values skip masking after an entry
+    check; registers that start with upper bits set must take the unspecialised path."""
+    import difftest
+
+    texts = [
+        "mov ecx, 7\n1: add eax, edx\nxor edx, eax\nsub esi, 5\ndec ecx\njnz 1b",
+        "mov ecx, 9\n1: add eax, 3\ncmp eax, 100\nja 2f\nsub ecx, 1\njnz 1b\n2: nop",
+        "1: inc r8d\nadd r9d, r8d\ncmp r8d, 40\njb 1b",
+        "mov ecx, 3\n1: mov eax, dword ptr [rbx + rcx*4]\nadd edx, eax\nloop 1b",
+    ]
+    for text in texts:
+        for seed in range(6):
+            difftest.check(64, text, 0, seed)

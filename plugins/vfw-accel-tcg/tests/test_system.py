@@ -543,3 +543,37 @@ def test_sipi_starts_an_application_processor():
     m.accel.run(m)
     assert m.exit_code == (0x09 << 1) | 1
     assert ap.env.segs[1].selector == 0x900
+
+
+def test_fetch_fault_of_a_straddling_instruction_reports_its_rip():
+    """The first instruction of a block runs into a not-present page: #PF with CR2 at that
+    page and RIP at the instruction (found booting Linux: glibc's code jumped back to a
+    stale RIP after the kernel mapped the page)."""
+    h = _h()
+    m, cpu, v = h.new_machine()
+    h.setup_long64(cpu, m, rip=0x10000)
+    pt = 0x3F8000
+    m.write(0x3F2000 + 8, struct.pack("<Q", pt | 7))
+    m.write(pt, b"".join(struct.pack("<Q", (0x200000 + (i << 12)) | 7) for i in range(512)))
+    m.write(pt + 8 * 6, struct.pack("<Q", 0x206000 | 6))  # 0x206000 not present
+    m.write(0x205FF0, bytes.fromhex("bf01000000" "4989c5"))  # mov edi, 1; mov r13, rax
+    m.write(0x205FF8, bytes.fromhex("48b8") + b"\x11" * 6)  # movabs straddles the pages
+    m.write(0x206000, b"\x22\x22\xf4")
+    text = """
+    .code64
+        mov rax, 0x205ff0
+        jmp rax
+    pf:
+        mov rax, 0x3F8030
+        or qword ptr [rax], 1
+        mov rbx, cr2
+        mov rcx, qword ptr [rsp + 8]
+        invlpg [rbx]
+        add rsp, 8
+        iretq
+    """
+    m.write(0x10000, _asm(text, 0x10000))
+    h.set_idt(m, cpu, 0x20000, {14: h.gate64(_labels(text, 0x10000, ["pf"])["pf"])}, 16)
+    _run(v)
+    r = cpu.env.regs
+    assert (r[0], r[3], r[1]) == (0x2222111111111111, 0x206000, 0x205FF8)

@@ -69,9 +69,16 @@ class CodeGen:
         self.cur = 0  # current instruction index
         self.used: set[int] = set()
         self.written: set[int] = set()
+        #: registers read before the block writes them (the prologue loads these)
+        self.read_first: set[int] = set()
+        #: (instruction index, register, size, conditional) of every register write
+        self.write_log: list[tuple[int, int, int, bool]] = []
+        #: registers a loop block assumes zero-extended at its head (checked on entry)
+        self.guard32: list[int] = []
         self.known32: set[int] = set() if mode.bits == 64 else set(range(16))
         self.need: set[str] = set()
         self.tmp = 0
+        self.last_addr = "a"  # name holding the address of the last memory operand read
         # Lazy flags: None = in s (external); else fop of the values in fa/fb/fr/fc locals.
         self.fcur: int | None = None
         self.kinds_emitted: set[int] = set()
@@ -111,6 +118,8 @@ class CodeGen:
     # -- registers ----------------------------------------------------------------------------
     def rget(self, idx: int, size: int, high: bool = False) -> str:
         self.used.add(idx)
+        if idx not in self.written:
+            self.read_first.add(idx)
         r = f"r{idx}"
         if size == 8:
             return r
@@ -129,8 +138,13 @@ class CodeGen:
         ``conditional``: the assignment is inside an ``if``, so what is known about the
         register afterwards must hold on both paths."""
         self.used.add(idx)
+        if (size < 4 or conditional) and idx not in self.written:
+            self.read_first.add(idx)  # merged with (or kept from) the old value
         self.written.add(idx)
+        self.write_log.append((self.cur, idx, size, conditional))
         r = f"r{idx}"
+        if size < 4 and not (expr.isidentifier() or expr.isdigit()):
+            expr = f"({expr})"
         if size == 8:
             self.emit(f"{r} = {expr}")
             if self.mode.bits == 64:
@@ -147,7 +161,10 @@ class CodeGen:
             self.emit(f"{r} = ({r} & -256) | {expr}")
 
     def flush_line(self) -> str:
-        return FLUSH
+        """Statement writing back the registers changed so far (exact outside loops)."""
+        if self.loop:
+            return FLUSH
+        return "; ".join(f"R[{r}] = r{r}" for r in sorted(self.written)) or "pass"
 
     def reload_line(self) -> str:
         return RELOAD
@@ -191,8 +208,12 @@ class CodeGen:
         return f"((SB[{seg}] + {off}) & {M32})"
 
     def addr(self, op: Op, insn: Insn, name: str = "a") -> str:
-        """Emit ``name = <linear address of op>`` and return ``name``."""
-        self.emit(f"{name} = {self.lin(op.seg, self.ea(op, insn.addrsize, insn.next))}")
+        """The linear address of ``op`` as a name: a register local that already holds it,
+        or ``name`` assigned here."""
+        expr = self.lin(op.seg, self.ea(op, insn.addrsize, insn.next))
+        if expr.isidentifier():
+            return expr
+        self.emit(f"{name} = {expr}")
         return name
 
     # -- memory ---------------------------------------------------------------------------------
@@ -228,8 +249,8 @@ class CodeGen:
         if op.kind == OP_IMM:
             return str(op.imm & MASK[size])
         if op.kind == OP_MEM:
-            self.addr(op, insn, a)
-            return self.load(a, size, rmw)
+            self.last_addr = self.addr(op, insn, a)
+            return self.load(self.last_addr, size, rmw)
         raise Untranslatable("operand")
 
     def write(self, op: Op, value: str, size: int | None = None, a: str = "a") -> None:
@@ -240,7 +261,7 @@ class CodeGen:
                 raise Untranslatable(f"register class {op.rclass}")
             self.rset(op.reg, size, value, op.high)
         elif op.kind == OP_MEM:
-            self.store(a, size, value)
+            self.store(self.last_addr if a == "a" else a, size, value)
         else:
             raise Untranslatable("write to immediate")
 
@@ -294,5 +315,10 @@ class CodeGen:
     def exit(self, target: str) -> None:
         """Leave the block to ``target`` (an expression of the next RIP)."""
         stmt = self.flags_store_stmt()
-        self.emit(FLUSH + (f"; {stmt}" if stmt else ""))
+        flush = self.flush_line()
+        if flush == "pass":
+            flush = ""
+        line = "; ".join(x for x in (flush, stmt) if x)
+        if line:
+            self.emit(line)
         self.emit(f"return {target}")

@@ -141,6 +141,21 @@ class Decoder:
 
     def decode(self, code: bytes, rip: int) -> Insn | None:
         """The instruction at the start of ``code`` (at offset ``rip``), None if invalid."""
+        from .fastdecode import decode as fast
+
+        insn = fast(code, rip, self.bits)
+        if insn is not None:
+            return insn
+        return self.decode_capstone(code, rip)
+
+    def describe(self, insn: Insn) -> str:
+        """Assembly text of an instruction (the fast decoder leaves it empty)."""
+        if insn.mnem:
+            return str(insn)
+        ci: Any = next(self.md.disasm(insn.bytes, insn.addr, 1), None)
+        return f"{ci.mnemonic} {ci.op_str}".strip() if ci is not None else insn.bytes.hex()
+
+    def decode_capstone(self, code: bytes, rip: int) -> Insn | None:
         ci: Any = next(self.md.disasm(code[:15], rip, 1), None)
         if ci is None:
             return None

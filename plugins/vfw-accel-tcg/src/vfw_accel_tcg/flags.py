@@ -2,8 +2,9 @@
 
 The arithmetic flags (CF PF AF ZF SF OF) are described by ``fop`` (kind * 4 + log2 size) and
 up to four values ``fa`` (first operand), ``fb`` (second operand), ``fr`` (result, masked to
-the operation size) and ``fc`` (a carry: carry-in for ADC/SBB, the preserved CF for INC/DEC, CF
-out for shifts and multiplies). Kind EFLAGS keeps the six bits themselves in ``fr``.
+the operation size; ADD and SUB recompute it from the operands) and ``fc`` (a carry:
+carry-in for ADC/SBB, the preserved CF for INC/DEC, CF out for shifts and multiplies).
+Kind EFLAGS keeps the six bits themselves in ``fr``.
 
 Translated code evaluates conditions straight from these values (``cond_expr``: ``cmp`` +
 ``jb`` becomes ``fa < fb``) and only helpers that need the whole register call
@@ -26,8 +27,8 @@ SIZES = (1, 2, 4, 8)
 
 #: The lazy fields each kind uses.
 FIELDS: dict[int, tuple[str, ...]] = {
-    EFLAGS: ("fr",), ADD: ("fa", "fb", "fr"), ADC: ("fa", "fb", "fr", "fc"),
-    SUB: ("fa", "fb", "fr"), SBB: ("fa", "fb", "fr", "fc"), LOGIC: ("fr",),
+    EFLAGS: ("fr",), ADD: ("fa", "fb"), ADC: ("fa", "fb", "fr", "fc"),
+    SUB: ("fa", "fb"), SBB: ("fa", "fb", "fr", "fc"), LOGIC: ("fr",),
     INC: ("fr", "fc"), DEC: ("fr", "fc"), SHL: ("fr", "fc"), SHR: ("fa", "fr", "fc"),
     SAR: ("fr", "fc"), MUL: ("fr", "fc"),
 }
@@ -56,13 +57,16 @@ FOP_EFLAGS = fop_of(EFLAGS, 4)
 def _prims(kind: int, size: int, a: str, b: str, r: str, c: str) -> dict[str, str]:
     """Python expressions (bool-valued) of the flags for one kind."""
     s = SIGN[size]
+    if kind in (ADD, SUB):
+        r = f"(({a} {'+' if kind == ADD else '-'} {b}) & {(s << 1) - 1})"
     if kind == EFLAGS:
         return {"cf": f"({r} & 1 != 0)", "pf": f"({r} & 4 != 0)", "af": f"({r} & 16 != 0)",
                 "zf": f"({r} & 64 != 0)", "sf": f"({r} & 128 != 0)",
                 "of": f"({r} & 2048 != 0)"}
     p = {"zf": f"({r} == 0)", "sf": f"({r} >= {s})", "pf": f"(PARITY[{r} & 255] != 0)"}
     if kind == ADD:
-        p.update(cf=f"({r} < {a})", of=f"((({a} ^ {r}) & ({b} ^ {r}) & {s}) != 0)",
+        p.update(cf=f"({a} + {b} > {(s << 1) - 1})",
+                 of=f"((({a} ^ {r}) & ({b} ^ {r}) & {s}) != 0)",
                  af=f"((({a} ^ {b} ^ {r}) & 16) != 0)")
     elif kind == ADC:
         p.update(cf=f"({r} < {a} or ({c} != 0 and {r} == {a}))",
@@ -128,6 +132,8 @@ def flags_expr(kind: int, size: int, a: str = "fa", b: str = "fb", r: str = "fr"
     """A Python expression of the six arithmetic flag bits after a ``kind`` op."""
     if kind == EFLAGS:
         return f"({r} & {ARITH})"
+    if kind in (ADD, SUB):
+        r = f"(({a} {'+' if kind == ADD else '-'} {b}) & {(SIGN[size] << 1) - 1})"
     p = _prims(kind, size, a, b, r, c)
     bits = size * 8
     parts = [f"(1 if {p['cf']} else 0)", f"PARITY[{r} & 255]", f"(64 if {r} == 0 else 0)",

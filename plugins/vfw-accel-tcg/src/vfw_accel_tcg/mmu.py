@@ -73,8 +73,8 @@ def walk(s: TcgCPU, lin: int, access: int, user: bool) -> tuple[int, bool]:
     def rd(addr: int, size: int) -> int:
         views = page_views(s, addr >> 12)
         if views is not None:
-            return _U[size](views[0], addr & 0xFFF)[0]  # type: ignore[no-any-return]
-        return mem.read(addr, size)
+            return int(_U[size](views[0], addr & 0xFFF)[0])
+        return int(mem.read(addr, size))
 
     nxe = bool(efer & EFER_NXE)
     rw = us = True
@@ -243,7 +243,7 @@ def phys_read(s: TcgCPU, phys: int, size: int) -> int:
         return _U[size](views[0], off)[0]  # type: ignore[no-any-return]
     with BQL:
         set_current_cpu(s.cpu)
-        return s.mem.read(phys, size)
+        return int(s.mem.read(phys, size))
 
 
 def phys_write(s: TcgCPU, phys: int, size: int, value: int) -> None:
@@ -345,7 +345,11 @@ def rd_sys(s: TcgCPU, lin: int, size: int, user: bool = False) -> int:
     """An implicit read with explicit privilege: descriptor tables, TSS, IDT, stacks."""
     lin &= s.lin_mask
     off = lin & 0xFFF
-    if off + size > 4096:
+    if off + size <= 4096:
+        view = s.tlbs[3 if user else 0][0].get(lin >> 12)
+        if view is not None:
+            return view[off] if size == 1 else int(_U[size](view, off)[0])
+    else:
         return sum(rd_sys(s, lin + i, 1, user) << (8 * i) for i in range(size))
     return phys_read(s, fill(s, lin, READ, user=user), size)
 
@@ -353,7 +357,15 @@ def rd_sys(s: TcgCPU, lin: int, size: int, user: bool = False) -> int:
 def wr_sys(s: TcgCPU, lin: int, size: int, value: int, user: bool = False) -> None:
     lin &= s.lin_mask
     off = lin & 0xFFF
-    if off + size > 4096:
+    if off + size <= 4096:
+        view = s.tlbs[3 if user else 0][1].get(lin >> 12)
+        if view is not None:
+            if size == 1:
+                view[off] = value & 0xFF
+            else:
+                _P[size](view, off, value & ((1 << (8 * size)) - 1))
+            return
+    else:
         for i in range(size):
             wr_sys(s, lin + i, 1, value >> (8 * i), user)
         return
@@ -363,9 +375,11 @@ def wr_sys(s: TcgCPU, lin: int, size: int, value: int, user: bool = False) -> No
 def check_write(s: TcgCPU, lin: int, size: int, user: bool) -> None:
     """Fault now if a later write of ``size`` bytes at ``lin`` would fault."""
     lin &= s.lin_mask
-    fill(s, lin, WRITE, user=user)
+    wt = s.tlbs[3 if user else 0][1]
+    if lin >> 12 not in wt:
+        fill(s, lin, WRITE, user=user)
     end = (lin + size - 1) & s.lin_mask
-    if end >> 12 != lin >> 12:
+    if end >> 12 != lin >> 12 and end >> 12 not in wt:
         fill(s, end, WRITE, user=user)
 
 

@@ -34,6 +34,10 @@ def FLS(s: TcgCPU) -> int:
     return F.FLAGFN[s.fop](s.fa, s.fb, s.fr, s.fc)
 
 
+def PLAIN(s: TcgCPU, R: list[int], rip: int) -> int:
+    return s.run_plain(R, rip)
+
+
 def DIVU(n: int, d: int, size: int) -> tuple[int, int]:
     if d == 0:
         raise CpuException(0)
@@ -63,7 +67,7 @@ NS: dict[str, Any] = {
     "U64": struct.Struct("<Q").unpack_from, "P16": struct.Struct("<H").pack_into,
     "P32": struct.Struct("<I").pack_into, "P64": struct.Struct("<Q").pack_into,
     "LE": (KeyError, struct.error), "RD": mmu.rd, "RDW": mmu.rdw, "WR": mmu.wr,
-    "CC": CC, "CFS": CFS, "FLS": FLS, "PARITY": PARITY, "DIVU": DIVU, "DIVS": DIVS,
+    "CC": CC, "CFS": CFS, "FLS": FLS, "PLAIN": PLAIN, "PARITY": PARITY, "DIVU": DIVU, "DIVS": DIVS,
     "CpuException": CpuException,
     "H_STR": strings.H_STR, "H_STRIO": strings.H_STRIO,
     "RD128": sse.rd128, "WR128": sse.wr128, "SSE": sse.OPS, "PSHUFD": sse.pshufd,

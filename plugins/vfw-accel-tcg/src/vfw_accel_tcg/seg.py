@@ -777,13 +777,13 @@ def syscall(s: TcgCPU, next_rip: int) -> int:
         _flat(s, R_SS, sel + 8, _DATA32)
         s.set_eflags(flags & ~(env.msrs.get(MSR_FMASK, 0) | RF))
         s.refresh_segments()
-        return env.msrs.get(MSR_LSTAR if code64 else MSR_CSTAR, 0) & M64
+        return int(env.msrs.get(MSR_LSTAR if code64 else MSR_CSTAR, 0)) & M64
     R[1] = next_rip & M32
     _flat(s, R_CS, sel, _CODE32)
     _flat(s, R_SS, sel + 8, _DATA32)
     s.set_eflags(s.eflags() & ~(IF | RF | VM))
     s.refresh_segments()
-    return star & M32
+    return int(star) & M32
 
 
 def sysret(s: TcgCPU, opsize: int) -> int:
@@ -828,7 +828,7 @@ def sysenter(s: TcgCPU) -> int:
     _flat(s, R_SS, (cs + 8) & 0xFFFC, _DATA32)
     s.R[4] = env.msrs.get(MSR_IA32_SYSENTER_ESP, 0) & (M64 if env.efer & EFER_LMA else M32)
     s.refresh_segments()
-    return env.msrs.get(MSR_IA32_SYSENTER_EIP, 0) & (M64 if env.efer & EFER_LMA else M32)
+    return int(env.msrs.get(MSR_IA32_SYSENTER_EIP, 0)) & (M64 if env.efer & EFER_LMA else M32)
 
 
 def sysexit(s: TcgCPU, opsize: int) -> int:

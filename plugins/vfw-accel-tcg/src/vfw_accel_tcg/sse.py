@@ -48,6 +48,16 @@ def _binop(w: int, fn: Callable[[int, int], int]) -> Callable[[int, int], int]:
     return op
 
 
+def _cmpeq(w: int) -> Callable[[int, int], int]:
+    m = MASK[w]
+    return _binop(w, lambda x, y: m if x == y else 0)
+
+
+def _cmpgt(w: int) -> Callable[[int, int], int]:
+    m = MASK[w]
+    return _binop(w, lambda x, y: m if _signed(x, w) > _signed(y, w) else 0)
+
+
 def _sat_u(w: int, v: int) -> int:
     return max(0, min(MASK[w], v))
 
@@ -55,12 +65,10 @@ def _sat_u(w: int, v: int) -> int:
 def _mk_ops() -> dict[str, Callable[[int, int], int]]:
     ops: dict[str, Callable[[int, int], int]] = {}
     for name, w in (("b", 1), ("w", 2), ("d", 4), ("q", 8)):
-        m = MASK[w]
         ops[f"padd{name}"] = _binop(w, lambda x, y: x + y)
         ops[f"psub{name}"] = _binop(w, lambda x, y: x - y)
-        ops[f"pcmpeq{name}"] = _binop(w, lambda x, y, m=m: m if x == y else 0)  # type: ignore
-        ops[f"pcmpgt{name}"] = _binop(  # type: ignore[misc]
-            w, lambda x, y, m=m, w=w: m if _signed(x, w) > _signed(y, w) else 0)
+        ops[f"pcmpeq{name}"] = _cmpeq(w)
+        ops[f"pcmpgt{name}"] = _cmpgt(w)
     ops["pminub"] = _binop(1, min)
     ops["pmaxub"] = _binop(1, max)
     ops["pminsw"] = _binop(2, lambda x, y: x if _signed(x, 2) < _signed(y, 2) else y)
@@ -315,9 +323,9 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         cg = tr.cg
         if op.kind == OP_REG:
             return f"E.xmm[{op.reg}]"
-        cg.addr(op, insn)
+        ad = cg.addr(op, insn)
         t = cg.t("x")
-        cg.emit(f"{t} = RD128(s, a, {align})")
+        cg.emit(f"{t} = RD128(s, {ad}, {align})")
         return t
 
     def mov128(insn: Insn) -> None:
@@ -327,8 +335,8 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         align = _MOV128[insn.id]
         if d.kind == OP_MEM:
             v = f"E.xmm[{s.reg}]"
-            cg.addr(d, insn)
-            cg.emit(f"WR128(s, a, {v}, {align})")
+            ad = cg.addr(d, insn)
+            cg.emit(f"WR128(s, {ad}, {v}, {align})")
             return
         v = src128(insn, s, align)
         cg.emit(f"E.xmm[{d.reg}] = {v}")
@@ -356,8 +364,7 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
             return
         v = f"(E.xmm[{s.reg}] & {MASK[size]})"
         if d.kind == OP_MEM:
-            cg.addr(d, insn)
-            cg.store("a", size, v)
+            cg.store(cg.addr(d, insn), size, v)
         else:
             cg.rset(d.reg, size, v)
 
@@ -367,8 +374,7 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         d, s = insn.ops
         m = MASK[size]
         if d.kind == OP_MEM:
-            cg.addr(d, insn)
-            cg.store("a", size, f"(E.xmm[{s.reg}] & {m})")
+            cg.store(cg.addr(d, insn), size, f"(E.xmm[{s.reg}] & {m})")
         elif s.kind == OP_MEM:
             v = cg.read(s, insn, size)
             cg.emit(f"E.xmm[{d.reg}] = {v}")
@@ -389,9 +395,8 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
                     f"((E.xmm[{s.reg}] & {M64}) << 64)")
             return
         if d.kind == OP_MEM:
-            cg.addr(d, insn)
             v = f"(E.xmm[{s.reg}] >> 64)" if high else f"(E.xmm[{s.reg}] & {M64})"
-            cg.store("a", 8, v)
+            cg.store(cg.addr(d, insn), 8, v)
             return
         v = cg.read(s, insn, 8)
         if high:
@@ -464,8 +469,7 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
             v = cg.read(op, insn, 4)
             cg.emit(f"LDMXCSR(s, {v})")
         else:
-            cg.addr(op, insn)
-            cg.store("a", 4, "E.mxcsr")
+            cg.store(cg.addr(op, insn), 4, "E.mxcsr")
 
     def fx(insn: Insn) -> None:
         mode = tr.mode
@@ -476,10 +480,10 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
             raise BlockEnd()
         cg = tr.cg
         (op,) = insn.ops
-        cg.addr(op, insn)
+        ad = cg.addr(op, insn)
         wide = insn.id in (I.X86_INS_FXSAVE64, I.X86_INS_FXRSTOR64)
         fn = "FXSAVE" if insn.id in (I.X86_INS_FXSAVE, I.X86_INS_FXSAVE64) else "FXRSTOR"
-        cg.emit(f"{fn}(s, a, {wide})")
+        cg.emit(f"{fn}(s, {ad}, {wide})")
 
     t: dict[int, Callable[[Insn], None]] = {}
     for i in _MOV128:

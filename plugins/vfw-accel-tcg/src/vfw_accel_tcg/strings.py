@@ -27,8 +27,13 @@ def _bases(s: TcgCPU, seg: int) -> tuple[int, int]:
     return s.sb[seg], s.sb[R_ES]
 
 
-def _ram_run(s: TcgCPU, lin: int, n: int, write: bool) -> memoryview | None:
-    """A view of ``n`` bytes at ``lin`` if they are RAM in one page (filling the TLB)."""
+def _page(s: TcgCPU, lin: int, n: int, write: bool) -> memoryview | None:
+    """The 4 KiB view of the RAM page holding ``lin`` (TLB first), None if not RAM.
+
+    Views of one physical page are the same object, so ``is`` tells aliasing apart."""
+    view = (s.wt if write else s.rt).get(lin >> 12)
+    if view is not None:
+        return view  # type: ignore[no-any-return]
     phys = mmu.fill(s, lin, mmu.WRITE if write else mmu.READ)
     views = mmu.page_views(s, phys >> 12)
     if views is None:
@@ -38,7 +43,15 @@ def _ram_run(s: TcgCPU, lin: int, n: int, write: bool) -> memoryview | None:
         return None
     if write and (phys >> 12) in s.tbc.code_pages:
         mmu._smc(s, phys, n)
-    off = phys & 0xFFF
+    return view
+
+
+def _ram_run(s: TcgCPU, lin: int, n: int, write: bool) -> memoryview | None:
+    """A view of ``n`` bytes at ``lin`` if they are RAM in one page (filling the TLB)."""
+    view = _page(s, lin, n, write)
+    if view is None:
+        return None
+    off = lin & 0xFFF
     return view[off:off + n]
 
 
@@ -130,19 +143,21 @@ def _bulk(s: TcgCPU, op: str, size: int, count: int, asz: int, sbase: int, dbase
         if n == 0:
             return count  # an element straddles a page (or wraps): one by one
         nbytes = n * size
-        dst = _ram_run(s, dl, nbytes, True)
-        if dst is None:
+        dpage = _page(s, dl, nbytes, True)
+        if dpage is None:
             return count
+        dp = dl & 0xFFF
+        dst = dpage[dp:dp + nbytes]
         if op == "stos":
             dst[:] = pattern * n
             R[7] = _upd(R[7], di + nbytes, asz)
         else:
-            src = _ram_run(s, sl, nbytes, False)
-            if src is None:
+            spage = _page(s, sl, nbytes, False)
+            if spage is None:
                 return count
-            sp = mmu.fill(s, sl, mmu.READ)
-            dp = mmu.fill(s, dl, mmu.WRITE)
-            if sp < dp < sp + nbytes:
+            sp = sl & 0xFFF
+            src = spage[sp:sp + nbytes]
+            if spage is dpage and sp < dp < sp + nbytes:
                 # Overlapping forward copy: the CPU copies element by element, so the
                 # source pattern repeats; do it in chunks no longer than the distance.
                 dist = dp - sp
@@ -182,20 +197,22 @@ def _bulk_back(s: TcgCPU, op: str, size: int, count: int, asz: int, sbase: int, 
             n = min(n, (sl & 0xFFF) // size + 1, si // size + 1)
         nbytes = n * size
         low_d = dl - nbytes + size
-        dst = _ram_run(s, low_d, nbytes, True)
-        if dst is None:
+        dpage = _page(s, low_d, nbytes, True)
+        if dpage is None:
             return count
+        dp = low_d & 0xFFF
+        dst = dpage[dp:dp + nbytes]
         if op == "stos":
             dst[:] = pattern * n
             R[7] = _upd(R[7], di - nbytes, asz)
         else:
             low_s = sl - nbytes + size
-            src = _ram_run(s, low_s, nbytes, False)
-            if src is None:
+            spage = _page(s, low_s, nbytes, False)
+            if spage is None:
                 return count
-            sp = mmu.fill(s, low_s, mmu.READ)
-            dp = mmu.fill(s, low_d, mmu.WRITE)
-            if dp < sp < dp + nbytes:
+            sp = low_s & 0xFFF
+            src = spage[sp:sp + nbytes]
+            if spage is dpage and dp < sp < dp + nbytes:
                 return count  # copying downwards over itself: element by element
             dst[:] = src.tobytes()
             R[6] = _upd(R[6], si - nbytes, asz)

@@ -190,7 +190,7 @@ def H_CLTS(s: TcgCPU) -> None:
 # -- helpers: MSRs, CPUID, TSC ------------------------------------------------------------
 
 def tsc(s: TcgCPU) -> int:
-    return (s.env.tsc + tsc_now_ns() - s.tsc_base_ns) & M64
+    return int(s.env.tsc + tsc_now_ns() - s.tsc_base_ns) & M64
 
 
 def rdmsr(s: TcgCPU, idx: int) -> int:
@@ -737,8 +737,7 @@ def mov_special(tr: Translator, insn: Insn) -> None:
         t = cg.t()
         cg.emit(f"{t} = E.segs[{s.reg}].selector")
         if d.kind == OP_MEM:
-            cg.addr(d, insn)
-            cg.store("a", 2, t)
+            cg.store(cg.addr(d, insn), 2, t)
         else:
             cg.rset(d.reg, d.size if d.size >= 4 else 2, t)
         return
@@ -829,12 +828,12 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         (op,) = insn.ops
         if op.kind != OP_MEM:
             tr.unimplemented(insn)
-        c.addr(op, insn)
+        ad = c.addr(op, insn)
         which = "g" if insn.id in (I.X86_INS_LGDT, I.X86_INS_SGDT) else "i"
         if insn.id in (I.X86_INS_LGDT, I.X86_INS_LIDT):
-            tr.heavy(f"H_LGDT(s, a, {which!r}, {insn.opsize})")
+            tr.heavy(f"H_LGDT(s, {ad}, {which!r}, {insn.opsize})")
         else:
-            tr.heavy(f"H_SGDT(s, a, {which!r})")
+            tr.heavy(f"H_SGDT(s, {ad}, {which!r})")
 
     def e_lldt(insn: Insn) -> None:
         c = cg()
@@ -848,8 +847,7 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         which = "l" if insn.id == I.X86_INS_SLDT else "t"
         tr.heavy(f"H_SLDT_STR(s, {which!r})", result="t0")
         if op.kind == OP_MEM:
-            c.addr(op, insn)
-            c.store("a", 2, "t0")
+            c.store(c.addr(op, insn), 2, "t0")
         else:
             c.rset(op.reg, op.size if op.size >= 4 else 2, "t0")
 
@@ -862,15 +860,14 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         (op,) = insn.ops
         c.need.add("E")
         if op.kind == OP_MEM:
-            c.addr(op, insn)
-            c.store("a", 2, f"(E.cr[0] & {M16})")
+            c.store(c.addr(op, insn), 2, f"(E.cr[0] & {M16})")
         else:
             c.rset(op.reg, op.size, f"(E.cr[0] & {MASK[op.size]})")
 
     def e_invlpg(insn: Insn) -> None:
         c = cg()
-        c.addr(insn.ops[0], insn)
-        tr.heavy("H_INVLPG(s, a)")
+        ad = c.addr(insn.ops[0], insn)
+        tr.heavy(f"H_INVLPG(s, {ad})")
 
     def e_wbinvd(insn: Insn) -> None:
         tr.heavy("H_WBINVD(s)")
@@ -950,9 +947,9 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
             if op.kind != OP_MEM:
                 tr.unimplemented(insn)
             size = opsize
-            c.addr(op, insn)
-            off = c.load("a", size)
-            c.emit(f"a2 = (a + {size}) & {MASK[8] if mode.bits == 64 else M32}")
+            ad = c.addr(op, insn)
+            off = c.load(ad, size)
+            c.emit(f"a2 = ({ad} + {size}) & {MASK[8] if mode.bits == 64 else M32}")
             sel = c.load("a2", 2)
             args = f"{sel}, {off}"
         if insn.id == I.X86_INS_LJMP:
@@ -983,8 +980,8 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
                 I.X86_INS_LFS: R_FS, I.X86_INS_LGS: R_GS}[insn.id]
         if src.kind != OP_MEM:
             tr.unimplemented(insn)
-        c.addr(src, insn)
-        tr.heavy(f"H_LOADFAR(s, a, {d.size}, {sreg}, {d.reg})")
+        ad = c.addr(src, insn)
+        tr.heavy(f"H_LOADFAR(s, {ad}, {d.size}, {sreg}, {d.reg})")
         if mode.bits != 64 or sreg == R_SS:
             c.exit(str(insn.next))
             raise BlockEnd()
@@ -1037,18 +1034,19 @@ def system_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
     def e_fnstcw(insn: Insn) -> None:
         c = cg()
         (op,) = insn.ops
-        c.addr(op, insn)
+        ad = c.addr(op, insn)
         tr.heavy("H_FNSTCW(s)", result="t0")
-        c.store("a", 2, "t0")
+        c.store(ad, 2, "t0")
 
     def e_fnstsw(insn: Insn) -> None:
         c = cg()
         (op,) = insn.ops
+        ad = "a"
         if op.kind == OP_MEM:
-            c.addr(op, insn)
+            ad = c.addr(op, insn)
         tr.heavy("H_FNSTSW(s)", result="t0")
         if op.kind == OP_MEM:
-            c.store("a", 2, "t0")
+            c.store(ad, 2, "t0")
         else:
             c.rset(0, 2, "t0")
 

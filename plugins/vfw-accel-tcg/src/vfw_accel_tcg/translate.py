@@ -298,14 +298,37 @@ class Translator:
             reads, wdef, wmay, passthru = infos[k]
             live = reads | (live & ~wdef) | (passthru if live & wmay else 0)
         live_at_start = live
-        cg = CodeGen(self.mode, rip)
-        self.cg = cg
         self.live_after = live_after
         self.infos = infos
         self.ninsns = n
-        cg.loop = bool(allow_loop and not invalid and any(
+        loop = bool(allow_loop and not invalid and any(
             self._branch_target(x) == rip and not x.follow for x in insns))
         self.flush_at_backedge = live_at_start != 0
+        cg = self._emit_all(rip, insns, invalid, fetch, loop, set())
+        backs = [k for k, x in enumerate(insns)
+                 if self._branch_target(x) == rip and not x.follow]
+        if loop and self.mode.bits == 64 and all(cg.inline_at[:max(backs) + 1]):
+            # Registers whose last write before every back edge is a 32-bit one are
+            # zero-extended at the head from the second iteration on; with an entry check,
+            # the body can skip masking them.
+            last: dict[int, tuple[int, int, bool]] = {}
+            for k, reg, size, cond in cg.write_log:
+                last[reg] = (k, size, cond)
+            z = {reg for reg, (k, size, cond) in last.items()
+                 if size == 4 and not cond and k < min(backs)}
+            if z & cg.read_first:
+                cg = self._emit_all(rip, insns, invalid, fetch, loop, z)
+                cg.guard32 = sorted(z & cg.read_first)
+        return self._assemble(rip, insns, invalid)
+
+    def _emit_all(self, rip: int, insns: list[Insn], invalid: bool,
+                  fetch: Callable[[int, int], bytes], loop: bool, known32: set[int]
+                  ) -> CodeGen:
+        cg = CodeGen(self.mode, rip)
+        self.cg = cg
+        cg.loop = loop
+        cg.known32 |= known32
+        n = len(insns)
         if cg.loop:
             cg.ind = 2
         ended = False
@@ -335,9 +358,9 @@ class Translator:
             cg.emit("raise CpuException(6)")
             ended = True
         if not ended:
-            last = insns[-1]
-            cg.exit(str(self._target(last) if last.follow else last.next))
-        return self._assemble(rip, insns, invalid)
+            last_insn = insns[-1]
+            cg.exit(str(self._target(last_insn) if last_insn.follow else last_insn.next))
+        return cg
 
     def _branch_target(self, insn: Insn) -> int | None:
         i = insn.id
@@ -370,7 +393,8 @@ class Translator:
 
     def unimplemented(self, insn: Insn, why: str = "") -> None:
         if self.unimp_log is not None:
-            self.unimp_log(f"tcg: unimplemented instruction at {insn.addr:#x}: {insn} "
+            self.unimp_log(f"tcg: unimplemented instruction at {insn.addr:#x}: "
+                           f"{self.dec.describe(insn)} "
                            f"[{insn.bytes.hex()}]{' (' + why + ')' if why else ''}")
         self.cg.emit("raise CpuException(6)")
         raise BlockEnd()
@@ -385,8 +409,12 @@ class Translator:
         for name, expr in (("RT", "s.rt"), ("WT", "s.wt"), ("SB", "s.sb"), ("E", "s.env")):
             if name in cg.need:
                 pro.append(f"{name} = {expr}")
-        pro += [f"r{r} = R[{r}]" for r in regs]
+        loads = regs if cg.loop else sorted(cg.read_first)
+        pro += [f"r{r} = R[{r}]" for r in loads]
         head = ["def tb(s, R):", "    " + ("; ".join(pro) or "pass")]
+        if cg.guard32:
+            regs_or = " | ".join(f"r{r}" for r in cg.guard32)
+            head.append(f"    if {regs_or} > {M32}: return PLAIN(s, R, {rip})")
         if cg.loop:
             # Bound the work of one call (~LOOP_BUDGET instructions; helpers count more), so
             # the dispatcher gets back often enough to poll timers and take interrupts.
@@ -416,7 +444,7 @@ class Translator:
         cg = self.cg
         cg.inline_at[self.k] = False
         cg.flush_flags()
-        cg.emit(FLUSH)
+        cg.emit(cg.flush_line())
         cg.emit(f"{result} = {call}" if result else call)
         cg.emit(RELOAD)
         if self.mode.bits == 64:
@@ -427,7 +455,7 @@ class Translator:
         cg = self.cg
         cg.inline_at[self.k] = False
         cg.flush_flags()
-        cg.emit(FLUSH)
+        cg.emit(cg.flush_line())
         cg.emit(f"return {call}")
         raise BlockEnd()
 
@@ -562,8 +590,8 @@ class Translator:
         size = d.size
         v = cg.read(s, insn, size)
         if d.kind == OP_MEM:
-            cg.addr(d, insn, "b")
-            cg.store("b", size, v)
+            b = cg.addr(d, insn, "b")
+            cg.store(b, size, v)
         else:
             cg.rset(d.reg, size, v, d.high)
 
@@ -590,9 +618,7 @@ class Translator:
         ea = cg.ea(s, insn.addrsize, insn.next)
         if d.size != insn.addrsize:
             ea = f"(({ea}) & {MASK[d.size]})"
-        t = cg.t()
-        cg.emit(f"{t} = {ea}")
-        cg.rset(d.reg, d.size, t)
+        cg.rset(d.reg, d.size, ea)
 
     def e_xchg(self, insn: Insn) -> None:
         cg = self.cg
@@ -601,9 +627,9 @@ class Translator:
             a, b = b, a
         size = a.size
         if b.kind == OP_MEM:
-            cg.addr(b, insn)
-            v = cg.load("a", size, rmw=True)
-            cg.store("a", size, cg.rget(a.reg, size, a.high))
+            ad = cg.addr(b, insn)
+            v = cg.load(ad, size, rmw=True)
+            cg.store(ad, size, cg.rget(a.reg, size, a.high))
             cg.rset(a.reg, size, v, a.high)
             return
         x, y = cg.t(), cg.t()
@@ -675,28 +701,39 @@ class Translator:
             res = f"({x} {op} {y} {op} {carry}) & {m}"
         else:
             res = f"({x} {op} {y}) & {m}"
-        if d.kind == OP_MEM or not live:
+        if not live:
+            if writes:
+                if d.kind == OP_MEM:
+                    t = cg.t()
+                    cg.emit(f"{t} = {res}")
+                    cg.write(d, t, size)
+                else:
+                    cg.write(d, res, size)
+            return
+        if d.kind == OP_MEM:
             t = cg.t()
             cg.emit(f"{t} = {res}")
             if writes:
                 cg.write(d, t, size)
-            if live:
-                self._alu_flags(kind, size, x, y, t, carry)
+            self._alu_flags(kind, size, x, y, t, carry)
             return
         # Register destination with live flags: compute straight into the flag locals.
         if kind == F.LOGIC:
             cg.emit(f"fr = {res}")
             cg.set_flags(F.LOGIC, size, r="fr")
-        else:
-            if carry is not None:
-                cg.emit(f"fa, fb, fc = {x}, {y}, {carry}")
-                cg.emit(f"fr = (fa {op} fb {op} fc) & {m}")
-            else:
-                cg.emit(f"fa, fb = {x}, {y}")
-                cg.emit(f"fr = (fa {op} fb) & {m}")
+            if writes:
+                cg.write(d, "fr", size)
+        elif carry is not None:
+            cg.emit(f"fa, fb, fc = {x}, {y}, {carry}")
+            cg.emit(f"fr = (fa {op} fb {op} fc) & {m}")
             cg.set_flags(kind, size, a="fa", b="fb", r="fr", c="fc")
-        if writes:
-            cg.write(d, "fr", size)
+            if writes:
+                cg.write(d, "fr", size)
+        else:
+            cg.emit(f"fa, fb = {x}, {y}")
+            cg.set_flags(kind, size, a="fa", b="fb")
+            if writes:
+                cg.write(d, f"(fa {op} fb) & {m}", size)
 
     def _alu_flags(self, kind: int, size: int, x: str, y: str, t: str, carry: str | None
                    ) -> None:
@@ -787,14 +824,14 @@ class Translator:
         cg = self.cg
         (d,) = insn.ops
         half = 8 if insn.id == I.X86_INS_CMPXCHG16B else 4
-        cg.addr(d, insn)
+        ad = cg.addr(d, insn)
         if half == 8:
-            cg.emit("if a & 15: raise CpuException(13, 0)")
-            lo = cg.load("a", 8, rmw=True)
-            cg.emit(f"a2 = (a + 8) & {MASK[8]}")
+            cg.emit(f"if {ad} & 15: raise CpuException(13, 0)")
+            lo = cg.load(ad, 8, rmw=True)
+            cg.emit(f"a2 = ({ad} + 8) & {MASK[8]}")
             hi = cg.load("a2", 8, rmw=True)
         else:
-            v = cg.load("a", 8, rmw=True)
+            v = cg.load(ad, 8, rmw=True)
             lo, hi = cg.t(), cg.t()
             cg.emit(f"{lo}, {hi} = {v} & {M32}, {v} >> 32")
         eq = cg.t("eq")
@@ -803,10 +840,10 @@ class Translator:
         cg.emit(f"{nlo}, {nhi} = ({cg.rget(3, half)}, {cg.rget(1, half)}) if {eq} "
                 f"else ({lo}, {hi})")
         if half == 8:
-            cg.store("a", 8, nlo)
+            cg.store(ad, 8, nlo)
             cg.store("a2", 8, nhi)
         else:
-            cg.store("a", 8, f"{nlo} | ({nhi} << 32)")
+            cg.store(ad, 8, f"{nlo} | ({nhi} << 32)")
         if self.flags_live():
             self._set_zf(f"{eq}")
         cg.emit(f"if not {eq}:")
@@ -934,28 +971,35 @@ class Translator:
         fkind = None
         if kind == "shl":
             cg.emit(f"{t} = ({x} << {c}) & {m}")
-            cg.emit(f"{cf} = ({x} >> ({bits} - {c})) & 1 if {c} <= {bits} else 0")
+            if live:
+                cg.emit(f"{cf} = ({x} >> ({bits} - {c})) & 1 if {c} <= {bits} else 0")
             fkind = F.SHL
         elif kind == "shr":
             cg.emit(f"{t} = {x} >> {c}")
-            cg.emit(f"{cf} = ({x} >> ({c} - 1)) & 1 if {c} else 0")
+            if live:
+                cg.emit(f"{cf} = ({x} >> ({c} - 1)) & 1 if {c} else 0")
             fkind = F.SHR
         elif kind == "sar":
             sx = cg.t()
             cg.emit(f"{sx} = {_sx(x, size)}")
             cg.emit(f"{t} = ({sx} >> {c}) & {m}")
-            cg.emit(f"{cf} = ({sx} >> ({c} - 1)) & 1 if {c} else 0")
+            if live:
+                cg.emit(f"{cf} = ({sx} >> ({c} - 1)) & 1 if {c} else 0")
             fkind = F.SAR
         elif kind in ("rol", "ror"):
-            k = cg.t("k")
-            cg.emit(f"{k} = {c} % {bits}" if size < 4 else f"{k} = {c}")
+            k = c
+            if size < 4:
+                k = cg.t("k")
+                cg.emit(f"{k} = {c} % {bits}")
             if kind == "rol":
                 cg.emit(f"{t} = (({x} << {k}) | ({x} >> ({bits} - {k}))) & {m}")
-                cg.emit(f"{cf} = {t} & 1")
+                if live:
+                    cg.emit(f"{cf} = {t} & 1")
                 of = f"((({t} >> {bits - 1}) ^ {t}) & 1)"
             else:
                 cg.emit(f"{t} = (({x} >> {k}) | ({x} << ({bits} - {k}))) & {m}")
-                cg.emit(f"{cf} = {t} >> {bits - 1}")
+                if live:
+                    cg.emit(f"{cf} = {t} >> {bits - 1}")
                 of = f"((({t} >> {bits - 1}) ^ ({t} >> {bits - 2})) & 1)"
             newflags = f"({{prev}} & {ARITH & ~(CF | OF)}) | {cf} | ({of} << 11)"
         else:  # rcl, rcr
@@ -1064,6 +1108,7 @@ class Translator:
                 shift = {2: 4, 4: 5, 8: 6}[size]
                 adj = f"(({_sx(off, size)} >> {shift}) * {size})"
                 cg.emit(f"a = {cg.lin(d.seg, f'(({ea} + {adj}) & {MASK[asz]})')}")
+                cg.last_addr = "a"
                 x = cg.load("a", size, rmw=rmw)
             else:
                 x = cg.read(d, insn, size)
@@ -1083,7 +1128,7 @@ class Translator:
     def _set_cf_keep_zf(self, cf: str) -> None:
         """CF = cf, ZF unchanged, the rest undefined (QEMU's choice for BT)."""
         cg = self.cg
-        if cg.fcur is not None and F.kind_of(cg.fcur) not in (F.EFLAGS, F.SUB):
+        if cg.fcur is not None and F.kind_of(cg.fcur) not in (F.EFLAGS, F.SUB, F.ADD):
             cg.set_flags(F.SAR, F.size_of(cg.fcur), r="fr", c=cf)
             return
         prev = cg.flags_now()
@@ -1155,7 +1200,7 @@ class Translator:
         (d,) = insn.ops
         cc = SETCC[insn.id]
         if d.kind == OP_MEM:
-            cg.addr(d, insn)
+            cg.last_addr = cg.addr(d, insn)
         t = cg.t()
         cg.emit(f"{t} = 1 if {cg.cond(cc)} else 0")
         cg.write(d, t, 1)
@@ -1303,8 +1348,8 @@ class Translator:
         size = op.size
         v, nsp = self.pop_load(size)
         if op.kind == OP_MEM:
-            cg.addr(op, insn, "b")
-            cg.store("b", size, v)
+            b = cg.addr(op, insn, "b")
+            cg.store(b, size, v)
             cg.rset(4, self.sp_size(), nsp)
             return
         cg.rset(4, self.sp_size(), nsp)
@@ -1397,7 +1442,7 @@ class Translator:
             return
         cg.inline_at[self.k] = False
         cg.flush_flags()
-        cg.emit(FLUSH)
+        cg.emit(cg.flush_line())
         cg.emit(f"if not {fn}: return {insn.addr}")
         cg.emit(RELOAD)
         if self.mode.bits == 64:

@@ -137,8 +137,8 @@ class TcgCPU:
 
     def eflags(self) -> int:
         """The architectural EFLAGS now."""
-        return (self.env.eflags & ~ARITH) | F.FLAGFN[self.fop](self.fa, self.fb, self.fr,
-                                                               self.fc) | 2
+        return int(self.env.eflags & ~ARITH) | F.FLAGFN[self.fop](self.fa, self.fb, self.fr,
+                                                                   self.fc) | 2
 
     def set_eflags(self, value: int) -> None:
         self.env.eflags = (value & 0x3F7FD7) | 2
@@ -262,16 +262,19 @@ class TcgCPU:
     # -- translation ---------------------------------------------------------------------------
     def lookup(self, rip: int, cflags: int = 0) -> Any:
         """The function of the block at ``rip`` (translating it if needed)."""
+        try:
+            return self._lookup(rip, cflags)
+        except CpuException:
+            self.env.rip = rip  # a fetch fault belongs to the instruction at rip
+            raise
+
+    def _lookup(self, rip: int, cflags: int) -> Any:
         mode = self.mode
         lin = (mode.cs_base + rip) & self.lin_mask
         vpage = lin >> 12
-        try:
-            pp = self.xt.get(vpage)
-            if pp is None:
-                pp = mmu.fill(self, lin, mmu.EXEC) >> 12
-        except CpuException:
-            self.env.rip = rip
-            raise
+        pp = self.xt.get(vpage)
+        if pp is None:
+            pp = mmu.fill(self, lin, mmu.EXEC) >> 12
         phys = (pp << 12) | (lin & 0xFFF)
         key = (phys, rip, self.mode_key, cflags)
         tbc = self.tbc
@@ -371,7 +374,8 @@ class TcgCPU:
             start = (start + take) & lin_mask
         if log.enabled("in_asm"):
             lines = [f"IN: (tcg, {mode.bits}-bit)"]
-            lines += [f"0x{(mode.cs_base + x.addr) & lin_mask:016x}:  {x}" for x in block.insns]
+            lines += [f"0x{(mode.cs_base + x.addr) & lin_mask:016x}:  {tr.dec.describe(x)}"
+                      for x in block.insns]
             log.write("\n".join(lines) + "\n\n")
         if log.enabled("op"):
             log.write(f"OP: block at {rip:#x}\n{block.source}\n")
@@ -485,25 +489,36 @@ class TcgCPU:
         from the block frame's locals (see codegen)."""
         metas = self.tbc.meta
         tb = exc.__traceback__
-        while tb is not None:
-            meta = metas.get(tb.tb_frame.f_code)
-            if meta is not None:
-                break
+        found = None
+        meta = None
+        while tb is not None:  # the innermost block frame (PLAIN calls one from another)
+            m = metas.get(tb.tb_frame.f_code)
+            if m is not None:
+                found, meta = tb, m
             tb = tb.tb_next
-        if tb is None:
+        tb = found
+        if tb is None or meta is None:
             return
         loc = tb.tb_frame.f_locals
         i = meta.linemap[tb.tb_lineno - 1]
         R = self.R
         if meta.inline[i]:
             for r in meta.written:
-                R[r] = loc[f"r{r}"]
+                v = loc.get(f"r{r}")
+                if v is not None:  # unbound: not written yet when it raised
+                    R[r] = v
         k = meta.fk[i]
         if k >= 0:
             self.fop = k
             for f in F.FIELDS[F.kind_of(k)]:
                 setattr(self, f, loc[f])
         self.env.rip = meta.rips[i]
+
+    def run_plain(self, R: list[int], rip: int) -> int:
+        """Run the block at ``rip`` once without loop specialisation (a loop block's entry
+        check failed) and return the next RIP."""
+        fn = self.lookup(rip, CF_COUNT)
+        return int(fn(self, R))
 
     def run_one(self) -> None:
         """Execute exactly one instruction (interrupt shadow, self-modifying code)."""
