@@ -239,3 +239,20 @@ def test_openstack_command_line_fails_with_one_clear_line():
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vfw: "), lines
+
+
+def test_help_into_a_closed_pipe_ends_quietly() -> None:
+    """``vfw run -d help | head -1``: the reader leaves early; no traceback, SIGPIPE's status."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "vfw", "run", "-d", "help"], stdout=write_end,
+                           stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert r.stderr == b""
+    assert r.returncode == 141

@@ -14,7 +14,18 @@ _HELP = ("--help", "-h", "-help")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader went away (``vfw run -d help | head``): stop quietly, as a C program
+        # killed by SIGPIPE would, instead of printing a traceback.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(args: list[str]) -> int:
     if args == ["--version"]:
         from . import __version__
 

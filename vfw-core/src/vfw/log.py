@@ -36,7 +36,7 @@ _out: TextIO = sys.stderr
 
 def help_text() -> str:
     lines = ["Log items (comma separated):"]
-    lines += [f"{name:<10}{desc}" for name, desc in ITEMS.items()]
+    lines += [f"{name:<15} {desc}" for name, desc in ITEMS.items()]  # QEMU: "%-15s %s"
     return "\n".join(lines)
 
 

@@ -867,7 +867,17 @@ class AddressSpace:
                 # byte, even where a higher-priority region covers later bytes (a dword at
                 # 0xcf8 is the PCI config address, a byte at 0xcf9 the reset control).
                 return _io_read(s.region, s._ops, addr + s._delta, size)
+        if (i < 0 or addr >= secs[i].end) and self._unassigned(starts, i, addr, size):
+            guest_log.debug("%s: unassigned read of %d byte(s) at 0x%x", self.name, size, addr)
+            return _MASK[size]
         return self._read_slow(addr, size)
+
+    @staticmethod
+    def _unassigned(starts: list[int], i: int, addr: int, size: int) -> bool:
+        """Whether the whole access lies in the gap after section ``i`` (a common VM exit:
+        probing an absent port or MMIO hole), so it needs no piecewise slow path."""
+        return (size in _PACK and addr >= 0 and addr + size <= ADDR_LIMIT
+                and (i + 1 >= len(starts) or addr + size <= starts[i + 1]))
 
     def write(self, addr: int, value: int, size: int) -> None:
         """Write the low ``size`` (1/2/4/8) bytes of ``value`` at ``addr``, little-endian."""
@@ -893,6 +903,10 @@ class AddressSpace:
                 # The region holding the first byte takes the whole access (see read).
                 _io_write(s.region, s._ops, addr + s._delta, value & _MASK[size], size)
                 return
+        if (i < 0 or addr >= secs[i].end) and self._unassigned(starts, i, addr, size):
+            guest_log.debug("%s: unassigned write of %d byte(s) at 0x%x (value 0x%x)",
+                            self.name, size, addr, value & _MASK[size])
+            return
         self._write_slow(addr, value, size)
 
     def _next_start(self, addr: int) -> int:

@@ -341,6 +341,13 @@ class KvmVcpu:
         request_event = machine.request_event
         ioctl = fcntl.ioctl
         kvm_run = k.KVM_RUN
+        # Everything the common exit (a single port access) needs, bound once: each exit is a
+        # round trip through this loop, and Python pays for every global or attribute lookup.
+        exit_reason_at, io_at, run_size = k.RUN_EXIT_REASON, k.RUN_IO, len(run)
+        exit_io, exit_mmio, io_out = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO, k.KVM_EXIT_IO_OUT
+        unpack_reason, unpack_io, port_size = _U32.unpack_from, _IO.unpack_from, _PORT_SIZE
+        io_space = machine.address_space_io
+        bql = BQL
         while True:
             if self.dirty:
                 self.put_state(self.put_level)
@@ -357,10 +364,22 @@ class KvmVcpu:
                 if request_event.is_set() or self.stop_requested:
                     return
                 continue
-            reason = _U32.unpack_from(run, k.RUN_EXIT_REASON)[0]
-            if reason == k.KVM_EXIT_IO:
-                self._handle_io(machine)
-            elif reason == k.KVM_EXIT_MMIO:
+            reason = unpack_reason(run, exit_reason_at)[0]
+            if reason == exit_io:
+                direction, size, port, count, offset = unpack_io(run, io_at)
+                fmt = port_size.get(size)
+                if count == 1 and fmt is not None and offset + size <= run_size:
+                    if direction == io_out:
+                        value = fmt.unpack_from(run, offset)[0]
+                        with bql:
+                            io_space.write(port, value, size)
+                    else:
+                        with bql:
+                            value = io_space.read(port, size)
+                        fmt.pack_into(run, offset, value)
+                else:
+                    self._handle_io(machine)
+            elif reason == exit_mmio:
                 self._handle_mmio(machine)
             elif not self._handle_other(machine, reason):
                 return
@@ -371,17 +390,7 @@ class KvmVcpu:
         direction, size, port, count, offset = _IO.unpack_from(run, k.RUN_IO)
         if size not in _PORT_SIZE or offset + size * count > len(run):
             raise AccelError(f"kvm: malformed I/O exit (size {size}, count {count})")
-        space = machine.address_space_io
-        if count == 1:  # the common case, kept short
-            if direction == k.KVM_EXIT_IO_OUT:
-                value = _PORT_SIZE[size].unpack_from(run, offset)[0]
-                with BQL:
-                    space.write(port, value, size)
-            else:
-                with BQL:
-                    value = space.read(port, size)
-                _PORT_SIZE[size].pack_into(run, offset, value)
-            return
+        space = machine.address_space_io  # (single accesses are handled inline in _loop)
         with BQL:  # string I/O (rep ins/outs): count items at consecutive offsets
             if direction == k.KVM_EXIT_IO_OUT:
                 for i in range(offset, offset + size * count, size):
