@@ -1,5 +1,6 @@
-"""The monitors against a real guest under KVM: QMP driven by the unmodified PyPI client
-``qemu.qmp``, the human monitor on a socket, and the gdbstub driven by the real gdb."""
+"""The monitors against a real guest under KVM (and, where cheap, TCG): QMP driven by the
+unmodified PyPI client ``qemu.qmp``, the human monitor on a socket, and the gdbstub driven by
+the real gdb."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ import pytest
 
 from vfw.testing import need, need_kvm
 
-pytestmark = pytest.mark.requires("vfw-board-pc", "vfw-accel-kvm")
+pytestmark = pytest.mark.requires("vfw-board-pc")
+KVM = pytest.mark.requires("vfw-accel-kvm")
+#: Both accelerators, for the tests cheap enough to run twice; TCG needs no /dev/kvm.
+ACCELS = [pytest.param("kvm", marks=KVM, id="kvm"),
+          pytest.param("tcg", marks=pytest.mark.requires("vfw-accel-tcg"), id="tcg")]
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_EXIT = ("-device", "isa-debug-exit,iobase=0xf4,iosize=4")
@@ -47,12 +52,18 @@ def wait_for_socket(path: str, proc: subprocess.Popen[str], timeout: float = 20)
         time.sleep(0.05)
 
 
+def need_accel(accel: str) -> None:
+    if accel == "kvm":
+        need_kvm()
+
+
 class Vm:
-    def __init__(self, tmp: Path, *args: str):
+    def __init__(self, tmp: Path, *args: str, accel: str = "kvm"):
         self.qmp_path = str(tmp / "qmp.sock")
         self.serial = tmp / "serial.txt"
+        self.accel = accel
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vfw", "run", "-accel", "kvm", "-display", "none",
+            [sys.executable, "-m", "vfw", "run", "-accel", accel, "-display", "none",
              "-serial", f"file:{self.serial}", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -65,12 +76,14 @@ class Vm:
 
 
 @pytest.fixture
-def spin_vm(tmp_path: Path) -> Iterator[Vm]:
-    need_kvm()
+def spin_vm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Vm]:
+    """The spin guest with a QMP socket, under KVM (or ``indirect`` parametrized accel)."""
+    accel = getattr(request, "param", "kvm")
+    need_accel(accel)
     kernel = guest("spin")
     sock = str(tmp_path / "qmp.sock")
     vm = Vm(tmp_path, "-kernel", kernel, "-device", "isa-debug-exit,id=dx",
-            "-qmp", f"unix:{sock},server=on,wait=off")
+            "-qmp", f"unix:{sock},server=on,wait=off", accel=accel)
     try:
         wait_for_socket(sock, vm.proc)
         yield vm
@@ -79,6 +92,7 @@ def spin_vm(tmp_path: Path) -> Iterator[Vm]:
         vm.proc.wait()
 
 
+@pytest.mark.parametrize("spin_vm", ACCELS, indirect=True)
 def test_qemu_qmp_client_drives_a_running_guest(spin_vm: Vm) -> None:
     need(importlib.util.find_spec("qemu") is not None
          and importlib.util.find_spec("qemu.qmp") is not None,
@@ -135,7 +149,10 @@ def test_qemu_qmp_client_drives_a_running_guest(spin_vm: Vm) -> None:
     assert seen["running"]["running"] is True
     assert seen["iobase"] == 0x501
     assert seen["cpus"][0]["cpu-index"] == 0 and seen["cpus"][0]["target"] == "x86_64"
-    assert seen["kvm"] == {"enabled": True, "present": True}
+    assert seen["cpus"][0]["props"] == {"socket-id": 0, "core-id": 0, "thread-id": 0}
+    assert seen["kvm"]["enabled"] is (spin_vm.accel == "kvm")
+    if spin_vm.accel == "kvm":
+        assert seen["kvm"]["present"] is True
     assert seen["version"]["qemu"] == {"major": 0, "minor": 1, "micro": 0}
     names = {c["name"] for c in seen["commands"]}
     assert {"qom-get", "quit", "stop", "cont", "system_powerdown"} <= names
@@ -171,6 +188,7 @@ def _raw(path: str) -> tuple[socket.socket, Any]:
     return s, s.makefile("rb")
 
 
+@KVM
 def test_bad_input_and_disconnects_never_hurt_the_vm(spin_vm: Vm) -> None:
     import json
 
@@ -217,6 +235,7 @@ def test_bad_input_and_disconnects_never_hurt_the_vm(spin_vm: Vm) -> None:
     assert code == 0, err
 
 
+@KVM
 def test_load_10000_commands_over_one_connection(spin_vm: Vm) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
@@ -234,11 +253,13 @@ def test_load_10000_commands_over_one_connection(spin_vm: Vm) -> None:
     assert spin_vm.finish()[0] == 0
 
 
-def test_human_monitor_on_a_socket(tmp_path: Path) -> None:
-    need_kvm()
+@pytest.mark.parametrize("accel", ACCELS)
+def test_human_monitor_on_a_socket(tmp_path: Path, accel: str) -> None:
+    need_accel(accel)
     kernel = guest("spin")
     sock = str(tmp_path / "hmp.sock")
-    vm = Vm(tmp_path, "-kernel", kernel, "-monitor", f"unix:{sock},server=on,wait=off")
+    vm = Vm(tmp_path, "-kernel", kernel, "-monitor", f"unix:{sock},server=on,wait=off",
+            accel=accel)
     try:
         wait_for_socket(sock, vm.proc)
         s = connect_unix(sock)
@@ -309,6 +330,7 @@ def symbol(elf: str, name: str) -> int:
     raise AssertionError(f"{name} not in {elf}")
 
 
+@KVM
 def test_human_monitor_on_stdio(tmp_path: Path) -> None:
     need_kvm()
     kernel = guest("spin")
@@ -344,14 +366,16 @@ continue
 """
 
 
-def test_gdb_breaks_at_a_symbol_steps_and_continues_to_exit(tmp_path: Path) -> None:
-    need_kvm()
+@pytest.mark.parametrize("accel", ACCELS)
+def test_gdb_breaks_at_a_symbol_steps_and_continues_to_exit(tmp_path: Path, accel: str) -> None:
+    need_accel(accel)
     need(shutil.which("gdb") is not None, "gdb is needed for the gdbstub test")
     kernel = guest("gdbtarget")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    vm = Vm(tmp_path, "-kernel", kernel, *DEBUG_EXIT, "-gdb", f"tcp:127.0.0.1:{port}", "-S")
+    vm = Vm(tmp_path, "-kernel", kernel, *DEBUG_EXIT, "-gdb", f"tcp:127.0.0.1:{port}", "-S",
+            accel=accel)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -381,6 +405,7 @@ def test_gdb_breaks_at_a_symbol_steps_and_continues_to_exit(tmp_path: Path) -> N
         vm.proc.wait()
 
 
+@KVM
 def test_gdb_interrupt_and_registers_over_the_raw_protocol(tmp_path: Path) -> None:
     need_kvm()
     kernel = guest("spin")
@@ -435,6 +460,62 @@ def test_gdb_interrupt_and_registers_over_the_raw_protocol(tmp_path: Path) -> No
         assert vm.proc.poll() is None  # detached: the VM runs on
         vm.proc.terminate()
         vm.finish()
+    finally:
+        vm.proc.kill()
+        vm.proc.wait()
+
+
+@pytest.mark.requires("vfw-accel-tcg")
+def test_gdb_under_tcg_smp_breakpoint_on_an_ap_stops_every_vcpu(tmp_path: Path) -> None:
+    """TCG runs the vCPUs round-robin in one thread: a breakpoint hit by an AP (in real mode,
+    at its SIPI trampoline) must stop the BSP too, and report the AP's thread."""
+    kernel = guest("smp")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    vm = Vm(tmp_path, "-kernel", kernel, "-append", "cpus=2", "-smp", "2", *DEBUG_EXIT,
+            "-gdb", f"tcp:127.0.0.1:{port}", "-S", accel="tcg")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and vm.proc.poll() is None
+                time.sleep(0.1)
+        s.settimeout(60)
+        buf = b""
+
+        def packet() -> bytes:
+            nonlocal buf
+            while True:
+                m = re.search(rb"\$([^#]*)#([0-9a-f]{2})", buf)
+                if m:
+                    buf = buf[m.end():]
+                    return m.group(1)
+                chunk = s.recv(65536)
+                assert chunk, buf
+                buf += chunk
+
+        def send(payload: bytes) -> bytes:
+            s.sendall(b"$" + payload + b"#%02x" % (sum(payload) & 0xFF))
+            return packet()
+
+        assert send(b"Z0,8000,1") == b"OK"
+        assert send(b"vCont;c").startswith(b"T05thread:02;")
+        assert send(b"Hg2") == b"OK"
+        assert int.from_bytes(bytes.fromhex(send(b"p10").decode()), "little") == 0  # IP
+        assert send(b"Hg1") == b"OK"
+        bsp_rip = send(b"p10")
+        time.sleep(0.3)
+        assert send(b"p10") == bsp_rip  # the BSP is stopped as well
+        assert send(b"z0,8000,1") == b"OK"
+        assert send(b"c").startswith(b"W")
+        s.close()
+        code, _, err = vm.finish()
+        assert code == (2 << 1) | 1, err
+        assert "cpus=2" in vm.serial.read_text()
     finally:
         vm.proc.kill()
         vm.proc.wait()

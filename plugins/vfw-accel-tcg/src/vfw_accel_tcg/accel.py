@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vfw.accel import Accel
@@ -55,8 +56,11 @@ class TcgAccel(Accel):
     def instance_init(self) -> None:
         self._tbc: Any = None
         self._vcpus: dict[int, Any] = {}
+        #: the machine being run (a debugger may arm vCPUs before the first run creates them)
+        self._machine: Any = None
 
     def init_machine(self, machine: Any) -> None:
+        self._machine = machine
         if self.thread == "multi":
             raise AccelError("tcg: thread=multi is not supported; vCPUs run round-robin"
                              " in one thread (thread=single)")
@@ -114,6 +118,13 @@ class TcgAccel(Accel):
         if v is not None:
             v.sync_in()
             v.exit_req = True
+
+    def set_guest_debug(self, cpu: Any, breakpoints: Sequence[int], single_step: bool,
+                        on_debug: Callable[[Any, int], None] | None) -> None:
+        """The gdbstub's breakpoints and single step (checked at translation: debug.py)."""
+        from .debug import set_guest_debug
+
+        set_guest_debug(self, cpu, breakpoints, single_step, on_debug)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, machine: Any) -> None:

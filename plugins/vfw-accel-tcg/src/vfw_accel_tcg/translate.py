@@ -137,6 +137,8 @@ class Translator:
         self.lin_mask = (1 << 64) - 1 if mode.lma else M32
         self.dec = Decoder(mode.bits)
         self.unimp_log = unimp_log
+        #: linear addresses a block must end before (a debugger's breakpoints, see debug.py)
+        self.stop_at: frozenset[int] = frozenset()
         self.emitters: dict[int, Callable[[Insn], None]] = self._table()
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -156,7 +158,10 @@ class Translator:
         base = self.mode.cs_base
         page = (base + rip) & ~0xFFF
         seen: set[int] = set()
+        stop_at = self.stop_at
         while len(insns) < max_insns:
+            if stop_at and insns and ((base + pos) & self.lin_mask) in stop_at:
+                break  # a breakpoint starts its own block, where the dispatcher stops
             page_left = page + 4096 - ((base + pos) & self.lin_mask)
             code = fetch(pos, 15)
             insn = self.dec.decode(code, pos)

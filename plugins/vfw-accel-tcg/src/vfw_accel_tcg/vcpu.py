@@ -45,6 +45,7 @@ from .consts import (
     R_SS,
     VM,
 )
+from .debug import DebugExit, VcpuDebug, debug_stop
 from .excp import CpuException, SmcRestart
 from .tbcache import TB, TBCache
 
@@ -62,7 +63,7 @@ class TcgCPU:
         "fop", "fr", "io", "jc", "jcs", "lin_mask", "lma", "machine", "mem", "mem_gen",
         "mode", "mode_key", "modes", "nmi_blocked", "on_reset", "rt", "sb", "smc_tb", "tbc",
         "tlbs", "translators", "tsc_base_ns", "w_rev", "wt", "xt", "delivering", "insn_count",
-        "halt_hook", "_env_id", "nonglobal", "jc_index",
+        "halt_hook", "_env_id", "nonglobal", "jc_index", "debug",
     )
 
     def __init__(self, tbc: TBCache, cpu: Any, machine: Any):
@@ -103,6 +104,8 @@ class TcgCPU:
         self.features: frozenset[str] = frozenset()
         self.on_reset: Callable[[], None] | None = None
         self.halt_hook: Callable[[], None] | None = None
+        #: breakpoints / single step armed by a debugger (debug.py); None: no checks at all
+        self.debug: VcpuDebug | None = None
         self._env_id = 0
         tbc.cpus.append(self)
         self.sync_in()
@@ -263,6 +266,8 @@ class TcgCPU:
     def lookup(self, rip: int, cflags: int = 0) -> Any:
         """The function of the block at ``rip`` (translating it if needed)."""
         try:
+            if self.debug is not None:  # the slow path is where breakpoints are seen
+                return self.debug.lookup(self, rip, cflags)
             return self._lookup(rip, cflags)
         except CpuException:
             self.env.rip = rip  # a fetch fault belongs to the instruction at rip
@@ -325,6 +330,7 @@ class TcgCPU:
             unimp = log.write if log.enabled("unimp") else None
             tr = self.translators[self.mode_key] = Translator(
                 mode, (lambda m: log.write(m + "\n")) if unimp else None)
+        tr.stop_at = self.debug.stop_at if self.debug is not None else frozenset()
         pages: dict[int, tuple[int, bytearray]] = {}
         first_vpage = lin >> 12
         lin_mask = self.lin_mask
@@ -479,6 +485,9 @@ class TcgCPU:
                 except CpuException as exc2:
                     self.unwind(exc2)
                     self.raise_exception(exc2)
+            except DebugExit as exc:
+                debug_stop(self, exc)
+                break
             except BaseException as exc:
                 self.unwind(exc)
                 raise
