@@ -87,11 +87,15 @@ class TimerList:
 
     def _earliest(self) -> int | None:
         heap = self._heap
-        while heap and heap[0][2]._seq != heap[0][1]:
-            heapq.heappop(heap)  # stale entry of a re-armed or deleted timer
-        while heap and heap[0][2].expire_ns is None:
+        while heap:
+            expire_ns, seq, timer = heap[0]
+            if timer._seq == seq and timer.expire_ns is not None:
+                return expire_ns
+            # An entry of a re-armed timer (an older arming) or of a deleted one. Both
+            # conditions are checked on every entry: popping one deleted entry can bring an
+            # older arming of another timer to the top, which must not fire it early.
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return None
 
     def deadline_ns(self) -> int | None:
         """Nanoseconds until the next timer fires (0 if overdue), or None if none is armed."""
