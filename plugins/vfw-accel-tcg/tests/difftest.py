@@ -151,31 +151,31 @@ def run_vfw(bits: int, code: bytes, regs: list[int], eflags: int, mem: bytes,
                  (env.rip - 1) if not error else env.rip, error)
 
 
-def compare(a: State, b: State, flag_mask: int, bits: int, check_xmm: bool = False
-            ) -> list[str]:
-    """Differences between two final states (empty if equal)."""
+def compare(a: State, b: State, flag_mask: int, bits: int, check_xmm: bool = False,
+            other: str = "unicorn") -> list[str]:
+    """Differences between two final states (empty if equal); ``other`` names ``b``."""
     diffs = []
     if (a.error is None) != (b.error is None):
-        diffs.append(f"error: vfw={a.error} unicorn={b.error}")
+        diffs.append(f"error: vfw={a.error} {other}={b.error}")
         return diffs
     if a.error is not None:
         return diffs
     width_mask = (1 << 64) - 1 if bits == 64 else 0xFFFFFFFF
     for i, (x, y) in enumerate(zip(a.regs, b.regs, strict=False)):
         if (x & width_mask) != (y & width_mask):
-            diffs.append(f"reg{i}: vfw={x:#x} unicorn={y:#x}")
+            diffs.append(f"reg{i}: vfw={x:#x} {other}={y:#x}")
     fm = 0x3F7FD5 & ~flag_mask & ~0x10000  # RF is not architectural here
     if (a.eflags & fm) != (b.eflags & fm):
-        diffs.append(f"eflags: vfw={a.eflags:#x} unicorn={b.eflags:#x} (mask {fm:#x})")
+        diffs.append(f"eflags: vfw={a.eflags:#x} {other}={b.eflags:#x} (mask {fm:#x})")
     if a.mem != b.mem:
         for i, (x, y) in enumerate(zip(a.mem, b.mem, strict=True)):
             if x != y:
-                diffs.append(f"mem[{WIN_LO + i:#x}]: vfw={x:#x} unicorn={y:#x}")
+                diffs.append(f"mem[{WIN_LO + i:#x}]: vfw={x:#x} {other}={y:#x}")
                 break
     if check_xmm:
         for i, (x, y) in enumerate(zip(a.xmm, b.xmm, strict=True)):
             if x != y:
-                diffs.append(f"xmm{i}: vfw={x:#x} unicorn={y:#x}")
+                diffs.append(f"xmm{i}: vfw={x:#x} {other}={y:#x}")
     return diffs
 
 

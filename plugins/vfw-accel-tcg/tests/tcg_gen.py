@@ -37,11 +37,18 @@ SPECIAL = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x8000
 
 
 class Gen:
-    def __init__(self, rnd: random.Random, bits: int):
+    """``sse``: emit SSE integer instructions (32/64-bit code); ``native``: also emit what
+    only a real-CPU oracle checks (unicorn gets it wrong or vfw's default CPUID hides it)."""
+
+    def __init__(self, rnd: random.Random, bits: int, sse: bool = True, native: bool = False):
         self.r = rnd
         self.bits = bits
+        self.sse_ok = sse and bits != 16
+        self.native = native
         self.undef = 0
         self.lines: list[str] = []
+        #: line -> (flags it reads, writes, leaves undefined), for ``undefined``.
+        self.effects: dict[str, tuple[int, int, int]] = {}
         self.pushes = 0
         self.pre = ""
         self.regs = REGS64 if bits == 64 else REGS32
@@ -78,6 +85,7 @@ class Gen:
             self.pre = ""
             return False
         self.lines.append(self.pre + line)
+        self.effects[self.pre + line] = (reads, writes, undef)
         self.pre = ""
         self.undef = (self.undef & ~writes) | undef
         return True
@@ -87,8 +95,10 @@ class Gen:
                  self.div, self.mov, self.movx, self.lea, self.xchg, self.bits_op, self.cc,
                  self.cc, self.misc, self.stack, self.string, self.cmpxchg, self.shd,
                  self.branch]
-        if self.bits != 16:
+        if self.sse_ok:
             kinds.append(self.sse)
+        if self.native:
+            kinds.append(self.native_op)
         for _ in range(20):
             if self.r.choice(kinds)():
                 return
@@ -100,7 +110,9 @@ class Gen:
         form = self.r.randrange(5)
         d = self.rm(size)
         if form == 0:
-            s = self.reg(size)
+            # Both operands equal is a flag edge case (ADC/SBB with a carry in: a == b).
+            same = not d.startswith(PTR[size]) and self.r.random() < 0.25
+            s = d if same else self.reg(size)
         elif form == 1 and not d.startswith(PTR[size]):
             s = self.mem(size)
         else:
@@ -145,6 +157,10 @@ class Gen:
         bits = size * 8
         if op in ("rcl", "rcr") and size < 4:
             c %= bits + 1
+            if c == 0 and cnt & mask:
+                # A whole turn: nothing moves, but OF is undefined (the masked count is not
+                # 1; AMD CPUs change it).
+                return self.emit(text, reads, O, O)
         if c == 0:
             return self.emit(text, reads)
         if op in ("rol", "ror", "rcl", "rcr"):
@@ -254,14 +270,20 @@ class Gen:
         size = self.r.choice(self.sizes())
         form = self.r.randrange(4)
         if form == 0:
-            return self.emit(f"cmpxchg {self.rm(size)}, {self.reg(size)}", 0, ALL)
+            d = self.rm(size)
+            # A failing CMPXCHG leaves a 32-bit register destination's upper half alone;
+            # unicorn (QEMU 5) zero-extends it: compare only the low half there.
+            tail = f"\nmov {d}, {d}" if size == 4 and self.bits == 64 and not self.native \
+                and "ptr" not in d else ""
+            return self.emit(f"cmpxchg {d}, {self.reg(size)}{tail}", 0, ALL)
         if form == 1:
             return self.emit(f"xadd {self.rm(size)}, {self.reg(size)}", 0, ALL)
         if form == 2:
             if self.bits == 64 and self.r.random() < 0.5:
-                return self.emit(f"cmpxchg16b {self.mem(16, 16)}", 0, Z, ALL & ~Z)
+                return self.emit(f"cmpxchg16b {self.mem(16, 16)}", 0, Z,
+                             0 if self.native else ALL & ~Z)
             # unicorn (QEMU 5) loses the other flags here; the SDM says they are unchanged.
-            return self.emit(f"cmpxchg8b {self.mem(8)}", 0, Z, ALL & ~Z)
+            return self.emit(f"cmpxchg8b {self.mem(8)}", 0, Z, 0 if self.native else ALL & ~Z)
         if size >= 4:
             return self.emit(f"bswap {self.reg(size)}")
         return False
@@ -269,12 +291,15 @@ class Gen:
     def bits_op(self) -> bool:
         size = self.r.choice([s for s in self.sizes() if s > 1])
         ops = ["bt", "bts", "btr", "btc", "bsf", "bsr", "popcnt"]
-        if self.bits == 16:
+        if self.bits == 16 and not self.native:
             ops.remove("popcnt")  # unicorn (QEMU 5) gets the operand size wrong in 16-bit code
         op = self.r.choice(ops)
         if op in ("bsf", "bsr"):
-            return self.emit(f"{op} {self.reg(size)}, {self.rm(size)}", 0, ALL,
-                             C | O | S | A | P)
+            d = self.reg(size)
+            # A zero source leaves the destination alone on AMD, but Intel CPUs clear the
+            # upper half of a 64-bit register (Linux's fls() notes it): normalise it.
+            tail = f"\nmov {d}, {d}" if self.native and size == 4 and self.bits == 64 else ""
+            return self.emit(f"{op} {d}, {self.rm(size)}{tail}", 0, ALL, C | O | S | A | P)
         if op == "popcnt":
             return self.emit(f"popcnt {self.reg(size)}, {self.rm(size)}", 0, ALL)
         form = self.r.randrange(3)
@@ -357,6 +382,7 @@ class Gen:
             ok = self.emit("pushf", ALL)
             if ok:
                 self.lines[-1] += f"\npop {self.reg(size)}"
+                self.effects[self.lines[-1]] = (ALL, 0, 0)
                 self.pushes -= 1
             return ok
         return False
@@ -376,6 +402,55 @@ class Gen:
         w = op in ("cmps", "scas")
         writes = ALL if w and (count or not rep) else 0
         return self.emit(f"{rep}{op}{suffix}", 0, writes)
+
+    def native_op(self) -> bool:
+        """TZCNT/LZCNT, SALC, bit-string offsets below the operand, JrCXZ, LOOPcc, and the
+        legacy high-byte registers (AH..DH) in 64-bit code, where they exist without REX."""
+        choice = self.r.randrange(7)
+        cnt = {64: "ecx", 32: "ecx", 16: "cx"}[self.bits]
+        if choice == 0:
+            size = self.r.choice([s for s in self.sizes() if s > 1])
+            op = self.r.choice(["tzcnt", "lzcnt"])
+            return self.emit(f"{op} {self.reg(size)}, {self.rm(size)}", 0, ALL, O | S | A | P)
+        if choice == 1:
+            if self.bits == 64:
+                return False
+            return self.emit(".byte 0xd6", C)  # SALC: AL = CF ? 0xff : 0
+        if choice == 2:  # a signed register bit offset may reach bytes below the operand
+            size = self.r.choice([s for s in self.sizes() if s > 1])
+            r = self.reg(size)
+            if r in ("bx", "ebx", "rbx"):
+                return False
+            op = self.r.choice(["bt", "bts", "btr", "btc"])
+            self.pre += f"mov {r}, {self.r.randrange(-0x1000, 0x1000)}\n"
+            return self.emit(f"{op} {self.mem(size)}, {r}", 0, C, O | S | A | P)
+        if choice == 3:
+            op = self.r.choice({64: ["jecxz", "jrcxz"], 32: ["jecxz", "jcxz"],
+                                16: ["jcxz", "jecxz"]}[self.bits])
+            self.pre += f"mov {cnt}, {self.r.choice([0, 0, 1, 0x8000])}\n"
+            return self.emit(f"{op} 1f\n{self.simple()}\n1:")
+        if choice == 4:
+            op = self.r.choice(["loope", "loopne"])
+            self.pre += f"mov {cnt}, {self.r.randrange(1, 5)}\n"
+            return self.emit(f"1: {op} 1b", Z)
+        byte = ["al", "cl", "dl", "ah", "ch", "dh"]
+        d, s = self.r.choice(byte), self.r.choice(byte + ["bh", "bl"])
+        if self.r.random() < 0.3:  # RBX is the base: only [rbx + disp] needs no REX
+            s = self.mem(1)
+        op = self.r.choice(["add", "adc", "sub", "sbb", "and", "or", "xor", "cmp", "mov",
+                            "xchg", "inc", "neg", "shl", "sar", "rol", "movzx", "movsx"])
+        if op in ("movzx", "movsx"):
+            return self.emit(f"{op} {self.r.choice(['eax', 'ecx', 'edx', 'esi', 'edi'])}, "
+                             f"{self.r.choice(['ah', 'ch', 'dh', 'bh'])}")
+        if op in ("inc", "neg"):
+            return self.emit(f"{op} {d}", 0, ALL & ~C if op == "inc" else ALL)
+        if op in ("shl", "sar", "rol"):
+            return self.emit(f"{op} {d}, 1", 0, C | O if op == "rol" else ALL,
+                             0 if op == "rol" else A)
+        if op in ("mov", "xchg"):
+            return self.emit(f"{op} {d}, {s}")
+        reads = C if op in ("adc", "sbb") else 0
+        return self.emit(f"{op} {d}, {s}", reads, ALL, A if op in ("and", "or", "xor") else 0)
 
     def sse(self) -> bool:
         x = f"xmm{self.r.randrange(16 if self.bits == 64 else 8)}"
@@ -410,11 +485,24 @@ class Gen:
         return self.emit(f"{op} {x}, {self.r.choice([y, m16])}")
 
 
-def program(rnd: random.Random, bits: int, n: int) -> tuple[str, int]:
-    g = Gen(rnd, bits)
+def program(rnd: random.Random, bits: int, n: int, sse: bool = True, native: bool = False
+            ) -> tuple[str, int]:
+    g = Gen(rnd, bits, sse, native)
     for _ in range(n):
         g.one()
     return "\n".join(g.lines), g.undef
+
+
+def undefined(lines: list[str], effects: dict[str, tuple[int, int, int]]) -> int | None:
+    """The flags left undefined after ``lines`` (a subset of a Gen's, in order), or None
+    if a line would read an undefined flag (a shrunk program that is no longer valid)."""
+    undef = 0
+    for line in lines:
+        reads, writes, u = effects.get(line, (0, 0, 0))
+        if reads & undef:
+            return None
+        undef = (undef & ~writes) | u
+    return undef
 
 
 def minimize(lines: list[str], fails: object) -> list[str]:

@@ -322,18 +322,19 @@ def test_busy_queue_is_bounded_then_requeued(blk: Blk, monkeypatch: pytest.Monke
     from vfw.main_loop import main_loop
 
     vdev = blk.dev.vdev
-    orig = vdev.handle_request
+    orig = vdev._run_batch
     calls = []
 
-    def handle_and_add_more(elem: Any) -> int:
-        calls.append(1)
-        if len(calls) < 3 * blk.q.size:
-            blk.q.get_used()  # reclaim what the device already completed
-            blk.q.add([(blk.hdr, 16)], [(blk.buf, 512), (blk.st, 1)])
-            blk.q.publish()
-        return int(orig(elem))
+    def run_and_add_more(q: Any, elems: list[Any]) -> None:
+        for _ in elems:  # one more request for every one the device takes
+            calls.append(1)
+            if len(calls) < 3 * blk.q.size:
+                blk.q.get_used()  # reclaim what the device already completed
+                blk.q.add([(blk.hdr, 16)], [(blk.buf, 512), (blk.st, 1)])
+                blk.q.publish()
+        orig(q, elems)
 
-    monkeypatch.setattr(vdev, "handle_request", handle_and_add_more)
+    monkeypatch.setattr(vdev, "_run_batch", run_and_add_more)
     blk.guest.write(blk.hdr, struct.pack("<IIQ", T_IN, 0, 0))
     blk.q.add([(blk.hdr, 16)], [(blk.buf, 512), (blk.st, 1)])
     blk.q.publish()

@@ -2,7 +2,9 @@
 
 It programs the device exactly as a vCPU would: configuration space through ports
 0xcf8/0xcfc, the virtio structures through MMIO on the machine's memory address space, and
-rings and buffers laid out in guest RAM. Nothing here calls device internals.
+rings and buffers laid out in guest RAM. Nothing here calls device internals. Like a CPU, it
+stores into guest RAM directly (a view of the RAM section it allocates from), so that the
+benchmark measures the device rather than the DMA helpers of the address space.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from vfw.vl import build
 STATUS_ACK, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK = 1, 2, 4, 8
 STATUS_NEEDS_RESET, STATUS_FAILED = 64, 128
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED = struct.Struct("<II")
 VERSION_1, INDIRECT_DESC, EVENT_IDX = 32, 28, 29
 
 
@@ -44,6 +49,12 @@ class Guest:
         self.base = base
         self.next = base
         self.limit = machine.ram_size
+        found = self.mem.ram_section_at(base)
+        assert found is not None, "test guest RAM must start in a RAM section"
+        start, size, view = found
+        #: The RAM section allocations come from: [start, end) and its host memory.
+        self.ram_start, self.ram_end, self.ram = start, start + size, view
+        self.limit = min(self.limit, self.ram_end)
 
     def alloc(self, size: int, align: int = 16) -> int:
         addr = (self.next + align - 1) & ~(align - 1)
@@ -56,10 +67,31 @@ class Guest:
         self.next = self.base
 
     def write(self, addr: int, data: bytes) -> None:
-        self.mem.write_bytes(addr, data)
+        off = addr - self.ram_start
+        if off >= 0 and addr + len(data) <= self.ram_end:
+            self.ram[off:off + len(data)] = data
+        else:
+            self.mem.write_bytes(addr, data)
 
     def read(self, addr: int, n: int) -> bytes:
+        off = addr - self.ram_start
+        if off >= 0 and addr + n <= self.ram_end:
+            return self.ram[off:off + n].tobytes()
         return bytes(self.mem.read_bytes(addr, n))
+
+    def pack(self, fmt: struct.Struct, addr: int, *values: int) -> None:
+        """Store ``values`` at ``addr`` in guest RAM (a CPU store, no copy through bytes)."""
+        off = addr - self.ram_start
+        if off >= 0 and addr + fmt.size <= self.ram_end:
+            fmt.pack_into(self.ram, off, *values)
+        else:
+            self.write(addr, fmt.pack(*values))
+
+    def unpack(self, fmt: struct.Struct, addr: int) -> tuple[Any, ...]:
+        off = addr - self.ram_start
+        if off >= 0 and addr + fmt.size <= self.ram_end:
+            return fmt.unpack_from(self.ram, off)
+        return fmt.unpack(self.read(addr, fmt.size))
 
     # PCI configuration mechanism #1
     def cfg_read(self, devfn: int, off: int, size: int) -> int:
@@ -97,7 +129,7 @@ class DriverQueue:
         self.free = list(range(self.size))
 
     def write_desc(self, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
-        self.guest.write(self.desc + 16 * i, struct.pack("<QIHH", addr, length, flags, nxt))
+        self.guest.pack(_DESC, self.desc + 16 * i, addr, length, flags, nxt)
 
     def add(self, out: list[tuple[int, int]], in_: list[tuple[int, int]],
             indirect: bool = False) -> int:
@@ -107,8 +139,8 @@ class DriverQueue:
             table = self.guest.alloc(16 * len(bufs), 16)
             for i, (a, n, fl) in enumerate(bufs):
                 nxt = i + 1 if i + 1 < len(bufs) else 0
-                self.guest.write(table + 16 * i, struct.pack(
-                    "<QIHH", a, n, fl | (F_NEXT if i + 1 < len(bufs) else 0), nxt))
+                self.guest.pack(_DESC, table + 16 * i, a, n,
+                                fl | (F_NEXT if i + 1 < len(bufs) else 0), nxt)
             head = self.free.pop()
             self.write_desc(head, table, 16 * len(bufs), F_INDIRECT, 0)
             self.chains[head] = [head]
@@ -123,33 +155,64 @@ class DriverQueue:
         self.put_avail(head)
         return head
 
+    def prepare(self, out: list[tuple[int, int]], in_: list[tuple[int, int]]) -> int:
+        """Write a chain that stays reserved for reuse (a driver with fixed request slots,
+        e.g. the benchmark): submit it any number of times with :meth:`put_avail`; the
+        device walks and checks it anew each time."""
+        head = self.add(out, in_)
+        self.avail_idx = (self.avail_idx - 1) & 0xFFFF  # add() queued it: take that back
+        del self.chains[head]  # never returned to the free list
+        return head
+
+    def put_avail_many(self, heads: list[int]) -> None:
+        """:meth:`put_avail` for several chains: consecutive ring slots in one store each
+        side of the wrap (not published until :meth:`publish`)."""
+        g, size = self.guest, self.size
+        slot = self.avail_idx % size
+        first = heads[:size - slot]
+        g.pack(struct.Struct(f"<{len(first)}H"), self.avail + 4 + 2 * slot, *first)
+        if len(heads) > len(first):
+            rest = heads[len(first):]
+            g.pack(struct.Struct(f"<{len(rest)}H"), self.avail + 4, *rest)
+        self.avail_idx = (self.avail_idx + len(heads)) & 0xFFFF
+
+    def reap(self) -> list[tuple[int, int]]:
+        """(head, length) of every used element since the last call, without freeing
+        descriptors (for chains from :meth:`prepare`)."""
+        end = self.used_idx()
+        n = (end - self.last_used) & 0xFFFF
+        out: list[tuple[int, int]] = []
+        for _ in range(n):
+            out.append(self.guest.unpack(_USED, self.used + 4 + 8 * (self.last_used % self.size)))
+            self.last_used = (self.last_used + 1) & 0xFFFF
+        return out
+
     def put_avail(self, head: int) -> None:
-        self.guest.write(self.avail + 4 + 2 * (self.avail_idx % self.size),
-                         struct.pack("<H", head))
+        self.guest.pack(_U16, self.avail + 4 + 2 * (self.avail_idx % self.size), head)
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
 
     def publish(self) -> None:
-        self.guest.write(self.avail + 2, struct.pack("<H", self.avail_idx))
+        self.guest.pack(_U16, self.avail + 2, self.avail_idx)
 
     def kick(self) -> None:
         self.guest.mem.write(self.notify_addr, self.index, 2)
 
     def used_idx(self) -> int:
-        return int(struct.unpack("<H", self.guest.read(self.used + 2, 2))[0])
+        return int(self.guest.unpack(_U16, self.used + 2)[0])
 
     def get_used(self) -> list[UsedElem]:
         out: list[UsedElem] = []
         end = self.used_idx()
         while self.last_used != end:
             slot = self.last_used % self.size
-            head, length = struct.unpack("<II", self.guest.read(self.used + 4 + 8 * slot, 8))
+            head, length = self.guest.unpack(_USED, self.used + 4 + 8 * slot)
             out.append(UsedElem(head, length))
             self.free.extend(self.chains.pop(head, []))
             self.last_used = (self.last_used + 1) & 0xFFFF
         return out
 
     def set_used_event(self, value: int) -> None:
-        self.guest.write(self.avail + 4 + 2 * self.size, struct.pack("<H", value))
+        self.guest.pack(_U16, self.avail + 4 + 2 * self.size, value)
 
 
 class VirtioPCIDriver:

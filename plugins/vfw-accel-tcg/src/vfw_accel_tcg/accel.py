@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,12 +14,56 @@ from vfw.errors import AccelError
 from vfw.main_loop import main_loop
 from vfw.props import SIZE, EnumType, prop
 from vfw.qom import register_type
+from vfw.timer import next_deadline_ns
+
+from .system import tsc_now_ns
 
 #: Blocks a vCPU runs between checks of the clock.
 SLICE_BLOCKS = 256
 #: How long (host ns) a vCPU runs before the next one gets its turn and the main loop is
 #: polled for timers and file descriptors.
 SLICE_NS = 1_000_000
+
+
+class SliceAlarm:
+    """Ends a vCPU's time slice on time, even in the middle of a long chain of blocks.
+
+    SIGALRM at the end of the slice or at the next timer's deadline, whichever comes first,
+    sets every vCPU's ``exit_req``; the block loop checks it after each block. Without it a
+    slice ends only at the next clock check, which a chain of self-looping blocks can delay
+    by tens of milliseconds: timer interrupts come late, Linux's periodic ticks get lost
+    (jiffies fall behind and its clocksource watchdog gives up on the TSC). QEMU's
+    round-robin TCG kicks its vCPU thread the same way. Python runs signal handlers only in
+    the main thread; elsewhere slices end at the next clock check, as before.
+    """
+
+    def __init__(self, vcpus: Sequence[Any]):
+        self.vcpus = vcpus
+        self.enabled = threading.current_thread() is threading.main_thread()
+        self._previous: Any = None
+
+    def __enter__(self) -> SliceAlarm:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGALRM, self._fire)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous if self._previous is not None
+                          else signal.SIG_DFL)
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        for v in self.vcpus:
+            v.exit_req = True
+
+    def arm(self, ns: int) -> None:
+        if self.enabled:
+            signal.setitimer(signal.ITIMER_REAL, max(ns, 1_000) / 1e9)
+
+    def disarm(self) -> None:
+        if self.enabled:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _bits(*bits: int) -> int:
@@ -140,10 +186,13 @@ class TcgAccel(Accel):
         machine.kick_vcpus = kick_all
         loop = main_loop()
         event = machine.request_event
+        now = tsc_now_ns()  # one timestamp: TSCs reset together stay in step
         for v in vcpus:
-            v.sync_in()
+            v.sync_in(now)
         clock = time.monotonic_ns
+        alarm = SliceAlarm(vcpus)
         try:
+            alarm.__enter__()
             while not event.is_set():
                 ran = False
                 for v in vcpus:
@@ -151,12 +200,18 @@ class TcgAccel(Accel):
                         continue
                     set_current_cpu(v.cpu)
                     ran = True
-                    end = clock() + SLICE_NS
+                    slice_ns = SLICE_NS
+                    deadline = next_deadline_ns()  # a timer due sooner ends the slice
+                    if deadline is not None and deadline < slice_ns:
+                        slice_ns = deadline
+                    end = clock() + slice_ns
+                    alarm.arm(slice_ns)
                     while True:
                         v.step(SLICE_BLOCKS)
                         if event.is_set() or v.env.halted or clock() >= end \
                                 or not v.runnable():
                             break
+                    alarm.disarm()
                     if event.is_set():
                         break
                 if event.is_set():
@@ -165,6 +220,8 @@ class TcgAccel(Accel):
                 # timer, an fd or a kick.
                 loop.poll(0 if ran else None)
         finally:
+            alarm.__exit__()
+            now = tsc_now_ns()
             for v in vcpus:
-                v.sync_out()
+                v.sync_out(now)
             set_current_cpu(None)

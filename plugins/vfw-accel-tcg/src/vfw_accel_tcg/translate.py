@@ -815,9 +815,19 @@ class Translator:
             xt = cg.t()
             cg.emit(f"{xt} = {x}")
             x = xt
-        t = cg.t()
-        cg.emit(f"{t} = {cg.rget(s.reg, size, s.high)} if {acc} == {x} else {x}")
-        cg.write(d, t, size)
+        if d.kind == OP_REG:
+            # A register destination is left alone when the comparison fails: a 32-bit one
+            # keeps its upper half (no write-back, unlike memory's locked write cycle).
+            src = cg.t()
+            cg.emit(f"{src} = {cg.rget(s.reg, size, s.high)}")
+            cg.emit(f"if {acc} == {x}:")
+            cg.indent()
+            cg.rset(d.reg, size, src, d.high, conditional=True)
+            cg.dedent()
+        else:
+            t = cg.t()
+            cg.emit(f"{t} = {cg.rget(s.reg, size, s.high)} if {acc} == {x} else {x}")
+            cg.write(d, t, size)
         if self.flags_live():
             cg.set_flags(F.SUB, size, a=acc, b=x, r=f"({acc} - {x}) & {MASK[size]}")
         cg.emit(f"if {acc} != {x}:")

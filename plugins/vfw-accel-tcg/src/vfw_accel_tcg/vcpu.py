@@ -111,8 +111,12 @@ class TcgCPU:
         self.sync_in()
 
     # -- state binding -----------------------------------------------------------------------
-    def sync_in(self) -> None:
-        """Take ``cpu.env`` as the truth (after a reset or a write by someone else)."""
+    def sync_in(self, now_ns: int | None = None) -> None:
+        """Take ``cpu.env`` as the truth (after a reset or a write by someone else).
+
+        ``env.tsc`` is the TSC at ``now_ns`` (default: now): vCPUs synced together get one
+        timestamp, so TSCs reset together stay exactly in step (Linux's TSC warp check
+        between CPUs tolerates no skew at all)."""
         from .system import tsc_now_ns
 
         env = self.cpu.env
@@ -122,17 +126,20 @@ class TcgCPU:
         self.fop = F.FOP_EFLAGS
         self.fr = env.eflags & ARITH
         self.features = _features(self.cpu)
-        self.tsc_base_ns = tsc_now_ns()
+        self.tsc_base_ns = tsc_now_ns() if now_ns is None else now_ns
         self.tlb_flush()
         self.refresh_segments()
 
-    def sync_out(self) -> None:
-        """Materialise the lazy flags into ``env.eflags`` (others may read the state now)."""
-        from .system import tsc, tsc_now_ns
+    def sync_out(self, now_ns: int | None = None) -> None:
+        """Materialise the lazy flags into ``env.eflags`` and the running TSC into
+        ``env.tsc`` as of ``now_ns`` (others may read the state now)."""
+        from .consts import M64
+        from .system import tsc_now_ns
 
         env = self.env
-        env.tsc = tsc(self)
-        self.tsc_base_ns = tsc_now_ns()
+        now = tsc_now_ns() if now_ns is None else now_ns
+        env.tsc = (env.tsc + now - self.tsc_base_ns) & M64
+        self.tsc_base_ns = now
         env.eflags = (env.eflags & ~ARITH) | F.FLAGFN[self.fop](self.fa, self.fb, self.fr,
                                                                 self.fc) | 2
         self.fop = F.FOP_EFLAGS
@@ -561,7 +568,7 @@ class TcgCPU:
             env.nmi_pending = False
             self.nmi_blocked = True
             env.halted = False
-            self.interrupt(2, hw=True)
+            self.deliver_event(2)
             return
         if env.interrupt_request and env.eflags & IF:
             ic = getattr(self.cpu, "interrupt_controller", None)
@@ -575,7 +582,7 @@ class TcgCPU:
                     env.interrupt_request = False
             if vector >= 0:
                 env.halted = False
-                self.interrupt(vector, hw=True)
+                self.deliver_event(vector)
                 self.exit_req = True  # more may be pending
 
     def runnable(self) -> bool:
@@ -604,16 +611,25 @@ class TcgCPU:
         return False
 
     def do_init(self) -> None:
+        from .system import tsc_now_ns
+
         env = self.env
         bsp = bool(getattr(self.cpu, "is_bsp", False))
-        if hasattr(env, "reset"):
+        now = tsc_now_ns()
+        running_tsc = env.tsc + now - self.tsc_base_ns  # INIT does not reset the TSC
+        cpu_reset = getattr(self.cpu, "reset", None)
+        if cpu_reset is not None:  # the board's INIT: keeps the APIC base and some MSRs
+            cpu_reset(init=True)
+            env = self.env = self.cpu.env
+        elif hasattr(env, "reset"):
             apic_base = env.apic_base
             env.reset(bsp)
             env.apic_base = apic_base
+        env.tsc = running_tsc
         env.mp_state = MP_STATE_RUNNABLE if bsp else MP_STATE_UNINITIALIZED
         env.halted = not bsp
         self.nmi_blocked = False
-        self.sync_in()
+        self.sync_in(now)
 
     def do_sipi(self) -> None:
         env = self.env
@@ -641,6 +657,14 @@ class TcgCPU:
             log.write(f"tcg: cpu{self.cpu.cpu_index} {kind} v={vector:#04x}{err} "
                       f"rip={self.env.rip:#x} cpl={self.cpl}{extra}\n")
         deliver(self, vector, hw=hw, soft=soft, error_code=error_code, next_rip=next_rip)
+
+    def deliver_event(self, vector: int) -> None:
+        """Deliver an external interrupt or NMI; a fault while delivering it (no IDT, a
+        bad gate) is then delivered like any fault, up to #DF and a triple fault."""
+        try:
+            self.interrupt(vector, hw=True)
+        except CpuException as exc:
+            self.raise_exception(exc)
 
     def raise_exception(self, exc: CpuException) -> None:
         """Deliver a fault raised by an instruction, with double/triple fault rules."""

@@ -16,7 +16,6 @@ Buffers come back as memoryviews of guest RAM (``AddressSpace.ram_views``), read
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vfw.errors import GuestMemoryError
@@ -45,16 +44,28 @@ class VirtqueueError(Exception):
     """The driver broke the ring protocol; the device must go to DEVICE_NEEDS_RESET."""
 
 
-@dataclass
 class Element:
     """One popped request: the head index and its device-readable (``out``) and
-    device-writable (``in_``) buffers as views of guest RAM."""
+    device-writable (``in_``) buffers as views of guest RAM. A plain slotted class: one is
+    made per request, so construction must be cheap."""
 
-    head: int
-    out: list[memoryview] = field(default_factory=list)
-    in_: list[memoryview] = field(default_factory=list)
-    out_len: int = 0
-    in_len: int = 0
+    __slots__ = ("head", "out", "in_", "out_len", "in_len")
+
+    def __init__(self, head: int, out: list[memoryview] | None = None,
+                 in_: list[memoryview] | None = None, out_len: int = 0, in_len: int = 0):
+        self.head = head
+        self.out: list[memoryview] = [] if out is None else out
+        self.in_: list[memoryview] = [] if in_ is None else in_
+        self.out_len = out_len
+        self.in_len = in_len
+
+    def __repr__(self) -> str:
+        return (f"Element(head={self.head}, out_len={self.out_len}, in_len={self.in_len}, "
+                f"out={len(self.out)} views, in={len(self.in_)} views)")
+
+
+#: A popped chain as :meth:`VirtQueue.pop_batch` returns it: (head, out, in_, out_len, in_len).
+Chain = tuple[int, list[memoryview], list[memoryview], int, int]
 
 
 def vring_need_event(event: int, new: int, old: int) -> bool:
@@ -96,6 +107,9 @@ class VirtQueue:
         self._avail: memoryview | None = None
         self._used: memoryview | None = None
         self._section: tuple[int, int, int, memoryview] | None = None
+        #: A bad chain found behind good ones in a batch: raised by the next pop_batch,
+        #: after the device completed the good ones.
+        self._deferred_error: VirtqueueError | None = None
 
     # -- enabling ------------------------------------------------------------------------
     def enable(self, mem: AddressSpace, *, event_idx: bool, indirect: bool) -> str | None:
@@ -143,18 +157,128 @@ class VirtQueue:
 
     def pop(self) -> Element | None:
         """The next available chain, mapped, or None when the ring is empty."""
-        if self.pending() == 0:
-            return None
-        assert self._avail is not None and self._desc is not None
-        slot = self.last_avail_idx % self.size
-        head = int(_U16.unpack_from(self._avail, 4 + 2 * slot)[0])
-        if head >= self.size:
-            raise VirtqueueError(f"queue {self.index}: head index {head} >= size {self.size}")
-        self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+        chains = self.pop_batch(1)
+        return Element(*chains[0]) if chains else None
+
+    def pop_batch(self, limit: int) -> list[Chain]:
+        """Up to ``limit`` available chains, mapped, in ring order (one avail.idx read and,
+        with EVENT_IDX, one avail_event write for the whole batch). Each is a plain tuple
+        (head, out views, in views, out bytes, in bytes): no object per request.
+
+        A bad chain raises VirtqueueError; when good chains precede it in the batch, those
+        are returned and the error is raised by the next call (the device completes them,
+        then goes to DEVICE_NEEDS_RESET)."""
+        if self._deferred_error is not None:
+            err, self._deferred_error = self._deferred_error, None
+            raise err
+        n = self.pending()
+        if n == 0 or limit <= 0:
+            return []
+        if n > limit:
+            n = limit
+        avail = self._avail
+        assert avail is not None
+        size = self.size
+        first = self.last_avail_idx
+        slot = first & (size - 1)  # size is a power of 2 (checked by enable)
+        if slot + n <= size:
+            heads = struct.unpack_from(f"<{n}H", avail, 4 + 2 * slot)
+        else:
+            k = size - slot
+            heads = (struct.unpack_from(f"<{k}H", avail, 4 + 2 * slot)
+                     + struct.unpack_from(f"<{n - k}H", avail, 4))
+        self._refresh_section()
+        # The walk of _walk, inlined for the common direct chain (one call per batch, not
+        # per chain); indirect chains go through _walk. Same checks in the same order.
+        desc = self._desc
+        assert desc is not None
+        qi = self.index
+        unpack = _DESC.unpack_from
+        cache = self._section
+        if cache is None:
+            sstart = send = 0
+            sview: memoryview | None = None
+            swritable = False
+        else:
+            _gen, sstart, send, sview = cache
+            swritable = not sview.readonly
+        elems: list[Chain] = []
+        append = elems.append
+        bound = range(size)
+        try:
+            for head in heads:
+                if head >= size:
+                    raise VirtqueueError(f"queue {qi}: head index {head} >= size {size}")
+                self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+                addr, length, flags, nxt = unpack(desc, head << 4)
+                if flags & VRING_DESC_F_INDIRECT:
+                    e = self._walk(head)
+                    append((head, e.out, e.in_, e.out_len, e.in_len))
+                    if self._section is not cache:  # _walk's slow path found another section
+                        cache = self._section
+                        assert cache is not None
+                        _gen, sstart, send, sview = cache
+                        swritable = not sview.readonly
+                    continue
+                out: list[memoryview] = []
+                in_: list[memoryview] = []
+                out_len = in_len = 0
+                seen_write = False
+                # Flag values inlined (NEXT 1, WRITE 2, INDIRECT 4): this loop runs for every
+                # descriptor. At most ``size`` descriptors, then a loop is assumed.
+                for _ in bound:
+                    if flags & 4:
+                        raise VirtqueueError(f"queue {qi}: indirect flag inside a chain")
+                    if flags & 2:
+                        seen_write = True
+                        in_len += length
+                        if length:
+                            off = addr - sstart
+                            if off >= 0 and addr + length <= send and swritable:
+                                assert sview is not None
+                                in_.append(sview[off:off + length])
+                            else:
+                                in_.extend(self._map(addr, length, True))
+                                cache = self._section
+                                if cache is not None:
+                                    _gen, sstart, send, sview = cache
+                                    swritable = not sview.readonly
+                    else:
+                        if seen_write:
+                            raise VirtqueueError(f"queue {qi}: readable descriptor after a "
+                                                 f"writable one")
+                        out_len += length
+                        if length:
+                            off = addr - sstart
+                            if off >= 0 and addr + length <= send and sview is not None:
+                                out.append(sview[off:off + length])
+                            else:
+                                out.extend(self._map(addr, length, False))
+                                cache = self._section
+                                if cache is not None:
+                                    _gen, sstart, send, sview = cache
+                                    swritable = not sview.readonly
+                    if not flags & 1:
+                        break
+                    if nxt >= size:
+                        raise VirtqueueError(f"queue {qi}: next index {nxt} >= {size}")
+                    addr, length, flags, nxt = unpack(desc, nxt << 4)
+                else:
+                    raise VirtqueueError(f"queue {qi}: descriptor chain longer than {size}"
+                                         f" (a loop?)")
+                # Checked once per chain: at most ``size`` descriptors of < 4 GiB each were
+                # mapped (views only, nothing copied), so the bound on the sum can wait.
+                if out_len + in_len > MAX_CHAIN_BYTES:
+                    raise VirtqueueError(f"queue {qi}: chain longer than 4 GiB")
+                append((head, out, in_, out_len, in_len))
+        except VirtqueueError as exc:
+            if not elems:
+                raise
+            self._deferred_error = exc
         if self.event_idx:
             assert self._used is not None
-            _U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail_idx)
-        return self._walk(head)
+            _U16.pack_into(self._used, 4 + 8 * size, self.last_avail_idx)
+        return elems
 
     def unpop(self) -> None:
         """Give the last popped chain back (a device that could not use it yet)."""
@@ -163,85 +287,107 @@ class VirtQueue:
             assert self._used is not None
             _U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail_idx)
 
-    def _walk(self, head: int) -> Element:
-        assert self._desc is not None and self.mem is not None
+    def _refresh_section(self) -> None:
+        """Drop the cached RAM section if the memory map changed (checked once per batch:
+        the map only changes under the BQL, which the caller holds for the whole walk)."""
         mem = self.mem
-        elem = Element(head)
+        assert mem is not None
+        cache = self._section
+        if cache is not None and cache[0] != mem.generation:
+            self._section = None
+
+    def _walk(self, head: int) -> Element:
+        """Map the chain at ``head``. Each descriptor is unpacked once into locals and every
+        guest-controlled value is checked before use: chain length bounded by the table
+        size (loops), nested/inline INDIRECT refused, readable-after-writable refused, byte
+        total bounded, every buffer inside guest RAM."""
+        assert self._desc is not None and self.mem is not None
+        qi = self.index
         table = self._desc
         count = self.size
-        index = head
-        addr, length, flags, nxt = _DESC.unpack_from(table, DESC_SIZE * index)
+        unpack = _DESC.unpack_from
+        addr, length, flags, nxt = unpack(table, head << 4)
+        indirect = False
         if flags & VRING_DESC_F_INDIRECT:
             if not self.indirect:
-                raise VirtqueueError(f"queue {self.index}: indirect descriptor not negotiated")
+                raise VirtqueueError(f"queue {qi}: indirect descriptor not negotiated")
             if flags & VRING_DESC_F_NEXT:
-                raise VirtqueueError(f"queue {self.index}: indirect descriptor with NEXT")
+                raise VirtqueueError(f"queue {qi}: indirect descriptor with NEXT")
             if length == 0 or length % DESC_SIZE or length // DESC_SIZE > VIRTQUEUE_MAX_SIZE:
-                raise VirtqueueError(f"queue {self.index}: bad indirect table length {length}")
+                raise VirtqueueError(f"queue {qi}: bad indirect table length {length}")
             try:
-                table = mem.ram_view(addr, length, writable=False)
+                table = self.mem.ram_view(addr, length, writable=False)
             except GuestMemoryError as exc:
-                raise VirtqueueError(f"queue {self.index}: indirect table: {exc}") from None
+                raise VirtqueueError(f"queue {qi}: indirect table: {exc}") from None
             count = length // DESC_SIZE
-            index = 0
-            addr, length, flags, nxt = _DESC.unpack_from(table, 0)
+            addr, length, flags, nxt = unpack(table, 0)
             indirect = True
+        cache = self._section
+        if cache is None:
+            sstart = send = 0
+            sview: memoryview | None = None
+            swritable = False
         else:
-            indirect = False
-        total = 0
+            _gen, sstart, send, sview = cache
+            swritable = not sview.readonly
+        out: list[memoryview] = []
+        in_: list[memoryview] = []
+        out_len = in_len = 0
         visited = 0
         seen_write = False
         while True:
             visited += 1
             if visited > count:
-                raise VirtqueueError(f"queue {self.index}: descriptor chain longer than {count}"
+                raise VirtqueueError(f"queue {qi}: descriptor chain longer than {count}"
                                      f" (a loop?)")
             if flags & VRING_DESC_F_INDIRECT:
-                raise VirtqueueError(f"queue {self.index}: "
+                raise VirtqueueError(f"queue {qi}: "
                                      + ("nested indirect table" if indirect
                                         else "indirect flag inside a chain"))
-            total += length
-            if total > MAX_CHAIN_BYTES:
-                raise VirtqueueError(f"queue {self.index}: chain longer than 4 GiB")
+            if out_len + in_len + length > MAX_CHAIN_BYTES:
+                raise VirtqueueError(f"queue {qi}: chain longer than 4 GiB")
             if flags & VRING_DESC_F_WRITE:
                 seen_write = True
-            elif seen_write:
-                raise VirtqueueError(f"queue {self.index}: readable descriptor after a "
-                                     f"writable one")
-            if length:
-                try:
-                    if flags & VRING_DESC_F_WRITE:
-                        elem.in_.extend(self._map(addr, length, True))
-                        elem.in_len += length
+                in_len += length
+                if length:
+                    if sstart <= addr and addr + length <= send and swritable:
+                        assert sview is not None
+                        in_.append(sview[addr - sstart:addr - sstart + length])
                     else:
-                        elem.out.extend(self._map(addr, length, False))
-                        elem.out_len += length
-                except GuestMemoryError as exc:
-                    raise VirtqueueError(f"queue {self.index}: buffer {exc}") from None
+                        in_.extend(self._map(addr, length, True))
+            else:
+                if seen_write:
+                    raise VirtqueueError(f"queue {qi}: readable descriptor after a "
+                                         f"writable one")
+                out_len += length
+                if length:
+                    if sstart <= addr and addr + length <= send and sview is not None:
+                        out.append(sview[addr - sstart:addr - sstart + length])
+                    else:
+                        out.extend(self._map(addr, length, False))
             if not flags & VRING_DESC_F_NEXT:
-                return elem
+                return Element(head, out, in_, out_len, in_len)
             if nxt >= count:
-                raise VirtqueueError(f"queue {self.index}: next index {nxt} >= {count}")
-            addr, length, flags, nxt = _DESC.unpack_from(table, DESC_SIZE * nxt)
+                raise VirtqueueError(f"queue {qi}: next index {nxt} >= {count}")
+            addr, length, flags, nxt = unpack(table, nxt << 4)
 
     def _map(self, addr: int, length: int, writable: bool) -> list[memoryview]:
-        """Views of guest RAM [addr, addr + length): the last RAM section used is cached
-        (until the memory map changes), anything else takes the checked slow path."""
+        """Views of guest RAM [addr, addr + length) by the checked slow path; remembers the
+        RAM section found so that the walker's inline fast path can use it next time.
+        VirqueueError when any byte is outside guest RAM (or read-only and ``writable``)."""
         mem = self.mem
         assert mem is not None
-        cache = self._section
-        if cache is not None and cache[0] == mem.generation:
-            _gen, start, end, view = cache
-            if start <= addr and addr + length <= end and not (writable and view.readonly):
-                return [view[addr - start:addr - start + length]]
-        if 0 <= addr < 1 << 64:
-            found = mem.ram_section_at(addr)
-            if found is not None:
-                start, size, view = found
-                self._section = (mem.generation, start, start + size, view)
-                if addr + length <= start + size and not (writable and view.readonly):
-                    return [view[addr - start:addr - start + length]]
-        return mem.ram_views(addr, length, writable=writable)
+        try:
+            if 0 <= addr < 1 << 64:
+                found = mem.ram_section_at(addr)
+                if found is not None:
+                    start, size, view = found
+                    self._section = (mem.generation, start, start + size, view)
+                    if addr + length <= start + size and not (writable and view.readonly):
+                        return [view[addr - start:addr - start + length]]
+            return mem.ram_views(addr, length, writable=writable)
+        except GuestMemoryError as exc:
+            raise VirtqueueError(f"queue {self.index}: buffer {exc}") from None
 
     # -- the used side --------------------------------------------------------------------
     def push(self, head: int, written: int) -> None:
@@ -251,6 +397,20 @@ class VirtQueue:
         _USED_ELEM.pack_into(self._used, 4 + 8 * slot, head, written & 0xFFFFFFFF)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         _U16.pack_into(self._used, 2, self.used_idx)
+
+    def push_batch(self, done: list[tuple[int, int]]) -> None:
+        """Return several (head, written) chains with one used.idx update (the driver sees
+        them all at once, after every element is in place)."""
+        used = self._used
+        assert used is not None
+        mask = self.size - 1
+        idx = self.used_idx
+        pack = _USED_ELEM.pack_into
+        for head, written in done:
+            pack(used, 4 + 8 * (idx & mask), head, written & 0xFFFFFFFF)
+            idx = (idx + 1) & 0xFFFF
+        self.used_idx = idx
+        _U16.pack_into(used, 2, idx)
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last one."""

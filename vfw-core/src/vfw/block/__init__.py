@@ -15,6 +15,10 @@ format by registering one under ``vfw.types``. The driver API is deliberately sm
 * ``preadv(offset, buffers: list[memoryview]) -> int`` / ``pwritev(offset, buffers) -> int``:
   scatter/gather I/O straight into/out of the (guest RAM) buffers; the return is the byte
   count (reads past the end of the image fill with zeroes). OSError on a host I/O error.
+* ``run_batch(jobs: list[(write: bool, offset, buffers)]) -> list[int | OSError]``: several
+  independent reads/writes at once (the default runs them one by one; the raw driver runs
+  them on the ``aio=threads`` pool when its I/O waits for the disk). ``set_aio(mode)`` is
+  called after ``open`` with the ``aio=`` option.
 * ``flush()``: make every completed write durable (fsync).
 * ``discard(offset, length)`` / ``write_zeroes(offset, length)``: may raise
   ``NotImplementedError`` when the host cannot do it; class attributes ``CAN_DISCARD`` /
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import BackendError, OptionError
 from ..qom import TABLE, Object, register_type
+from .aio import IOThreadPool
 
 if TYPE_CHECKING:
     from ..cmdline import CommandLine
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BlockBackend",
     "BlockDriver",
+    "AIO_MODES",
+    "BatchJob",
     "CACHE_MODES",
     "create_if_virtio_devices",
     "find_backend",
@@ -51,9 +58,20 @@ __all__ = [
     "open_image",
 ]
 
-#: QEMU's cache= modes. vfw honours the flush semantics (writethrough/directsync: fsync after
-#: every write; unsafe: flush does nothing); it does not use O_DIRECT for none/directsync.
+#: QEMU's cache= modes: none/directsync open with O_DIRECT, writethrough/directsync with
+#: O_DSYNC, unsafe makes flush a no-op (the raw driver implements them; see vfw.block.raw).
 CACHE_MODES = ("writeback", "none", "writethrough", "directsync", "unsafe")
+#: (cache.direct, cache.writeback, cache.no-flush) of each mode, QEMU's bdrv_parse_cache_mode.
+_CACHE_FLAGS = {
+    "writeback": (False, True, False), "none": (True, True, False),
+    "writethrough": (False, False, False), "directsync": (True, False, False),
+    "unsafe": (False, True, True),
+}
+#: aio= engines vfw has (QEMU's native and io_uring need libaio / liburing).
+AIO_MODES = ("threads",)
+
+#: One request of :meth:`BlockDriver.run_batch`: (is a write, byte offset, buffers).
+BatchJob = tuple[bool, int, list[memoryview]]
 
 #: -drive keys vfw understands (others are refused with a clear message).
 _DRIVE_KEYS = {
@@ -79,6 +97,8 @@ class BlockDriver(Object):
         self.readonly = False
         self.cache = "writeback"
         self.length = 0
+        #: The aio=threads pool run_batch hands blocking I/O to (None: run inline).
+        self.pool: IOThreadPool | None = None
 
     @classmethod
     def probe(cls, header: bytes, path: str) -> int:
@@ -92,6 +112,24 @@ class BlockDriver(Object):
 
     def pwritev(self, offset: int, buffers: list[memoryview]) -> int:
         raise NotImplementedError
+
+    #: Whether a request may wait for the disk (O_DIRECT / O_DSYNC), so that running several
+    #: at once on a thread pool pays.
+    io_can_block = False
+
+    def set_aio(self, aio: str) -> None:
+        """Use the ``aio=`` engine ``aio`` (one of AIO_MODES) for :meth:`run_batch`."""
+
+    def run_batch(self, jobs: list[BatchJob]) -> list[int | OSError]:
+        """Run independent reads/writes; results in order, an OSError for a failed one."""
+        results: list[int | OSError] = []
+        for write, offset, buffers in jobs:
+            try:
+                results.append(self.pwritev(offset, buffers) if write
+                               else self.preadv(offset, buffers))
+            except OSError as exc:
+                results.append(exc)
+        return results
 
     def flush(self) -> None:
         raise NotImplementedError
@@ -145,7 +183,8 @@ def open_image(path: str, format: str | None = None, *, readonly: bool = False,
                cache: str = "writeback") -> BlockDriver:
     """Open ``path`` with the driver for ``format`` (probed, with QEMU's warning, if None)."""
     if cache not in CACHE_MODES:
-        raise BackendError(f"invalid cache option '{cache}' (one of {', '.join(CACHE_MODES)})")
+        raise BackendError(f"cache={cache}: invalid cache option (one of "
+                           f"{', '.join(CACHE_MODES)})")
     if format is None:
         format = probe_format(path)
         if format == "raw":
@@ -210,6 +249,27 @@ def _bool(opts: Opts, key: str, default: bool) -> bool:
         raise OptionError(str(exc)) from None
 
 
+def drive_cache_mode(opts: Opts) -> str:
+    """The cache mode of a ``-drive``: ``cache=`` overridden by ``cache.direct=`` and
+    ``cache.no-flush=`` (QEMU's order); OptionError naming the option for a bad value."""
+    cache = opts.get("cache", "writeback") or "writeback"
+    if cache not in _CACHE_FLAGS:
+        raise OptionError(f"cache={cache}: invalid cache option (one of "
+                          f"{', '.join(CACHE_MODES)})")
+    direct, writeback, no_flush = _CACHE_FLAGS[cache]
+    direct = _bool(opts, "cache.direct", direct)
+    no_flush = _bool(opts, "cache.no-flush", no_flush)
+    if no_flush:
+        if direct:
+            raise OptionError("cache.direct=on with cache.no-flush=on: vfw has no "
+                              "unsafe O_DIRECT mode")
+        return "unsafe"
+    for mode, flags in _CACHE_FLAGS.items():
+        if flags == (direct, writeback, False):
+            return mode
+    raise AssertionError("unreachable")
+
+
 def drive_from_opts(opts: Opts, index: int) -> BlockBackend:
     """Open one ``-drive`` (QEMU's drive_new)."""
     unknown = sorted(k for k in opts.as_dict() if k not in _DRIVE_KEYS)
@@ -230,12 +290,14 @@ def drive_from_opts(opts: Opts, index: int) -> BlockBackend:
     if not path:
         raise OptionError("A block device must be specified for \"file\" (vfw has no "
                           "removable media)")
-    cache = opts.get("cache", "writeback") or "writeback"
-    if _bool(opts, "cache.no-flush", False):
-        cache = "unsafe"
+    cache = drive_cache_mode(opts)
+    aio = opts.get("aio", "threads") or "threads"
+    if aio not in AIO_MODES:
+        raise OptionError(f"aio={aio}: vfw supports only aio=threads")
     readonly = _bool(opts, "readonly", False)
     discard = (opts.get("discard", "ignore") or "ignore") in ("unmap", "on")
     drv = open_image(path, opts.get("format"), readonly=readonly, cache=cache)
+    drv.set_aio(aio)
     id = opts.id or f"{'virtio' if interface == 'virtio' else 'drive'}{index}"
     return BlockBackend(id, drv, serial=opts.get("serial"), interface=interface,
                         discard=discard)

@@ -3,6 +3,15 @@
 I/O is ``os.preadv``/``os.pwritev`` straight on the caller's buffers (guest RAM views), so no
 request data is copied in Python. Discard punches holes (``fallocate`` PUNCH_HOLE) and
 write-zeroes uses ZERO_RANGE, falling back to punching a hole, where the host file system can.
+
+``cache=`` as in QEMU: ``writeback`` (page cache, flush = fsync), ``none`` (O_DIRECT, flush =
+fsync), ``writethrough`` (O_DSYNC), ``directsync`` (O_DIRECT + O_DSYNC), ``unsafe`` (page
+cache, flush does nothing). O_DIRECT wants the offset, every length and every buffer address
+aligned to the device's logical block; a request that is not (the kernel answers EINVAL) is
+redone through a second descriptor without O_DIRECT (same O_DSYNC), so it never fails. That
+mixes buffered and direct I/O on one file, which Linux keeps coherent as long as the two do
+not run at the same time on the same pages: :meth:`RawDriver.run_batch` therefore redoes
+such requests only after the batch's direct I/O has finished.
 """
 
 from __future__ import annotations
@@ -13,11 +22,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import BackendError
 from ..qom import register_type
-from . import BlockDriver, open_fd_checked
+from . import BatchJob, BlockDriver, open_fd_checked
+from .aio import shared_pool
 
 IOV_MAX = 1024
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -48,6 +58,12 @@ class RawDriver(BlockDriver):
 
     def instance_init(self) -> None:
         self.fd = -1
+        #: The descriptor without O_DIRECT that misaligned requests fall back to (cache=none
+        #: and directsync only; opened on first need).
+        self._fallback_fd = -1
+        self.direct = False
+        #: Requests that O_DIRECT refused and the buffered descriptor did instead (tests).
+        self.fallbacks = 0
 
     @classmethod
     def probe(cls, header: bytes, path: str) -> int:
@@ -57,8 +73,23 @@ class RawDriver(BlockDriver):
         flags = os.O_RDONLY if readonly else os.O_RDWR
         if cache in ("writethrough", "directsync"):
             flags |= os.O_DSYNC
-        self.fd = open_fd_checked(path, flags)
+        self.direct = cache in ("none", "directsync")
+        self._flags = flags
+        if self.direct:
+            try:
+                self.fd = os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise BackendError(f"Could not open '{path}': {exc.strerror}") from None
+                raise BackendError(f"Could not open '{path}': cache={cache} needs O_DIRECT, "
+                                   f"which its file system does not support (use "
+                                   f"cache=writeback or cache=writethrough)") from None
+        else:
+            self.fd = open_fd_checked(path, flags)
         self.filename, self.readonly, self.cache = path, readonly, cache
+        # Waiting for the disk (O_DIRECT / O_DSYNC) is what a thread pool can overlap; a
+        # page-cache hit is a memcpy that costs less than handing it to another thread.
+        self.io_can_block = cache in ("none", "directsync", "writethrough")
         st = os.fstat(self.fd)
         if stat.S_ISBLK(st.st_mode):
             self.length = os.lseek(self.fd, 0, os.SEEK_END)
@@ -70,29 +101,79 @@ class RawDriver(BlockDriver):
             raise BackendError(f"'{path}' is not a file or block device")
         self._is_file = stat.S_ISREG(st.st_mode)
 
+    def set_aio(self, aio: str) -> None:
+        """``aio=threads``: blocking I/O of a batch goes to the shared thread pool."""
+        self.pool = shared_pool() if aio == "threads" and self.io_can_block else None
+
+    # -- data -----------------------------------------------------------------------------
     def preadv(self, offset: int, buffers: list[memoryview]) -> int:
         if len(buffers) > IOV_MAX:
             return self._batched(self.preadv, offset, buffers)
-        total = sum(len(b) for b in buffers)
-        done = os.preadv(self.fd, buffers, offset)
-        while done < total:  # short read: EOF (zero-fill) or an interrupted large read
-            rest = _skip(buffers, done)
-            n = os.preadv(self.fd, rest, offset + done)
-            if n == 0:
-                for b in rest:
-                    b[:] = bytes(len(b))
-                break
-            done += n
-        return total
+        try:
+            if len(buffers) == 1:  # the common case, without a further call
+                done = os.preadv(self.fd, buffers, offset)
+                if done == len(buffers[0]):
+                    return done
+                return done + _preadv_all(self.fd, offset + done, _skip(buffers, done))
+            return _preadv_all(self.fd, offset, buffers)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self.direct:
+                raise
+        return _preadv_all(self._fallback(), offset, buffers)
 
     def pwritev(self, offset: int, buffers: list[memoryview]) -> int:
         if len(buffers) > IOV_MAX:
             return self._batched(self.pwritev, offset, buffers)
-        total = sum(len(b) for b in buffers)
-        done = os.pwritev(self.fd, buffers, offset)
-        while done < total:
-            done += os.pwritev(self.fd, _skip(buffers, done), offset + done)
-        return total
+        try:
+            if len(buffers) == 1:
+                done = os.pwritev(self.fd, buffers, offset)
+                if done == len(buffers[0]):
+                    return done
+                return done + _pwritev_all(self.fd, offset + done, _skip(buffers, done))
+            return _pwritev_all(self.fd, offset, buffers)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self.direct:
+                raise
+        return _pwritev_all(self._fallback(), offset, buffers)
+
+    def _fallback(self) -> int:
+        """The buffered descriptor for a request O_DIRECT refused (EINVAL: misaligned)."""
+        self.fallbacks += 1
+        return self._buffered_fd()
+
+    def _buffered_fd(self) -> int:
+        """A descriptor without O_DIRECT (the main one unless cache=none/directsync)."""
+        if not self.direct:
+            return self.fd
+        if self._fallback_fd < 0:
+            self._fallback_fd = open_fd_checked(self.filename, self._flags)
+        return self._fallback_fd
+
+    def run_batch(self, jobs: list[BatchJob]) -> list[int | OSError]:
+        """Several independent reads/writes; with ``aio=threads`` and blocking I/O they run
+        on the pool (several in flight). A pool thread makes just the one syscall; whatever
+        did not complete in full there (EOF, a short transfer, EINVAL from a misaligned
+        O_DIRECT request) is redone here afterwards by the complete path, when no other
+        request of the batch is in flight any more."""
+        pool = self.pool
+        if pool is None or len(jobs) < 2 or any(len(b) > IOV_MAX for _w, _o, b in jobs):
+            return super().run_batch(jobs)
+        fd, pread, pwrite = self.fd, os.preadv, os.pwritev
+        results: list[Any] = pool.run([(pwrite if w else pread, (fd, b, o)) for w, o, b in jobs])
+        for i, r in enumerate(results):
+            w, o, b = jobs[i]
+            if r == (len(b[0]) if len(b) == 1 else sum(len(x) for x in b)):
+                continue
+            if isinstance(r, BaseException):
+                if not isinstance(r, OSError):
+                    raise r
+                if r.errno != errno.EINVAL:
+                    continue  # a host I/O error: the caller reports it
+            try:
+                results[i] = (self.pwritev if w else self.preadv)(o, b)
+            except OSError as exc:
+                results[i] = exc
+        return results
 
     @staticmethod
     def _batched(fn: Callable[[int, list[memoryview]], int], offset: int,
@@ -131,13 +212,45 @@ class RawDriver(BlockDriver):
         pos = 0
         while pos < length:
             n = min(len(zero), length - pos)
-            os.pwrite(self.fd, zero[:n], offset + pos)
+            os.pwrite(self._buffered_fd(), zero[:n], offset + pos)
             pos += n
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._fallback_fd >= 0:
+            os.close(self._fallback_fd)
+            self._fallback_fd = -1
+
+
+def _preadv_all(fd: int, offset: int, buffers: list[memoryview]) -> int:
+    """Fill ``buffers`` from ``offset``: short reads continue, EOF fills with zeroes."""
+    done = os.preadv(fd, buffers, offset)
+    if len(buffers) == 1:
+        total = len(buffers[0])
+        if done == total:
+            return total
+    else:
+        total = sum(len(b) for b in buffers)
+    while done < total:  # short read: EOF (zero-fill) or an interrupted large read
+        rest = _skip(buffers, done)
+        n = os.preadv(fd, rest, offset + done)
+        if n == 0:
+            for b in rest:
+                b[:] = bytes(len(b))
+            break
+        done += n
+    return total
+
+
+def _pwritev_all(fd: int, offset: int, buffers: list[memoryview]) -> int:
+    """Write all of ``buffers`` at ``offset`` (continuing after short writes)."""
+    done = os.pwritev(fd, buffers, offset)
+    total = len(buffers[0]) if len(buffers) == 1 else sum(len(b) for b in buffers)
+    while done < total:
+        done += os.pwritev(fd, _skip(buffers, done), offset + done)
+    return total
 
 
 def _skip(buffers: list[memoryview], n: int) -> list[memoryview]:
