@@ -308,6 +308,13 @@ def test_human_monitor_on_a_socket(tmp_path: Path, accel: str) -> None:
         pci = cmd("info pci")
         assert "Bus  0, device   0, function 0:" in pci, pci
         assert "info registers" in cmd("help info")
+        lapic = cmd("info lapic")
+        if accel == "tcg":  # the board's software LAPIC (KVM keeps its own in the kernel)
+            assert lapic.startswith("dumping local APIC state for CPU 0"), lapic
+            assert re.search(r"^LVTT +0x[0-9a-f]{8} ", lapic, re.M), lapic
+            assert re.search(r"^Timer +DCR=0x[0-9a-f]+ initial_count = \d+", lapic, re.M), lapic
+        else:
+            assert "local APIC state not available" in lapic, lapic
         assert "unknown command" in cmd("bogus")
         cmd("cont")
         assert cmd("info status") == "VM status: running\n"

@@ -78,6 +78,7 @@ class PCI440FXMachine(Machine):
         self._init_isa()
         self._load_boot_image()
         self.reset_hooks.append(self._reset_cpus)
+        from . import hmp_apic  # noqa: F401  (``info lapic`` for the human monitor)
         self._reset_cpus()
 
     def _init_memory(self) -> None:
