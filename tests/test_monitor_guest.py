@@ -412,14 +412,14 @@ def test_gdb_breaks_at_a_symbol_steps_and_continues_to_exit(tmp_path: Path, acce
         vm.proc.wait()
 
 
-@KVM
-def test_gdb_interrupt_and_registers_over_the_raw_protocol(tmp_path: Path) -> None:
-    need_kvm()
+@pytest.mark.parametrize("accel", ACCELS)
+def test_gdb_interrupt_and_registers_over_the_raw_protocol(tmp_path: Path, accel: str) -> None:
+    need_accel(accel)
     kernel = guest("spin")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    vm = Vm(tmp_path, "-kernel", kernel, "-gdb", f"tcp:127.0.0.1:{port}")
+    vm = Vm(tmp_path, "-kernel", kernel, "-gdb", f"tcp:127.0.0.1:{port}", accel=accel)
     try:
         deadline = time.monotonic() + 20
         while True:
