@@ -25,6 +25,15 @@ _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED = struct.Struct("<II")
 VERSION_1, INDIRECT_DESC, EVENT_IDX = 32, 28, 29
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
+def _structs(fmt: str) -> struct.Struct:
+    """A compiled struct.Struct, made once per format (runs of ring entries)."""
+    s = _STRUCTS.get(fmt)
+    if s is None:
+        s = _STRUCTS[fmt] = struct.Struct(fmt)
+    return s
 
 
 def accel_name() -> str:
@@ -122,6 +131,7 @@ class DriverQueue:
     notify_addr: int
     avail_idx: int = 0
     last_used: int = 0
+    kicked_idx: int = 0
     free: list[int] = field(default_factory=list)
     chains: dict[int, list[int]] = field(default_factory=dict)
 
@@ -170,10 +180,10 @@ class DriverQueue:
         g, size = self.guest, self.size
         slot = self.avail_idx % size
         first = heads[:size - slot]
-        g.pack(struct.Struct(f"<{len(first)}H"), self.avail + 4 + 2 * slot, *first)
+        g.pack(_structs(f"<{len(first)}H"), self.avail + 4 + 2 * slot, *first)
         if len(heads) > len(first):
             rest = heads[len(first):]
-            g.pack(struct.Struct(f"<{len(rest)}H"), self.avail + 4, *rest)
+            g.pack(_structs(f"<{len(rest)}H"), self.avail + 4, *rest)
         self.avail_idx = (self.avail_idx + len(heads)) & 0xFFFF
 
     def reap(self) -> list[tuple[int, int]]:
@@ -182,9 +192,14 @@ class DriverQueue:
         end = self.used_idx()
         n = (end - self.last_used) & 0xFFFF
         out: list[tuple[int, int]] = []
-        for _ in range(n):
-            out.append(self.guest.unpack(_USED, self.used + 4 + 8 * (self.last_used % self.size)))
-            self.last_used = (self.last_used + 1) & 0xFFFF
+        slot = self.last_used % self.size
+        while n:  # consecutive used slots in one load each side of the wrap
+            k = min(n, self.size - slot)
+            flat = self.guest.unpack(_structs(f"<{2 * k}I"), self.used + 4 + 8 * slot)
+            out.extend(zip(flat[0::2], flat[1::2], strict=True))
+            n -= k
+            slot = 0
+        self.last_used = end
         return out
 
     def put_avail(self, head: int) -> None:
@@ -196,6 +211,21 @@ class DriverQueue:
 
     def kick(self) -> None:
         self.guest.mem.write(self.notify_addr, self.index, 2)
+
+    def kick_if_needed(self, event_idx: bool) -> bool:
+        """Kick only if the device wants it, as Linux's virtqueue_kick_prepare decides: with
+        EVENT_IDX when the chains published since the last decision pass the device's
+        avail_event, else unless it set VRING_USED_F_NO_NOTIFY. Returns whether it kicked."""
+        old, new = self.kicked_idx, self.avail_idx
+        self.kicked_idx = new
+        if event_idx:
+            event = self.guest.unpack(_U16, self.used + 4 + 8 * self.size)[0]
+            need = ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        else:
+            need = not self.guest.unpack(_U16, self.used)[0] & 1
+        if need:
+            self.kick()
+        return need
 
     def used_idx(self) -> int:
         return int(self.guest.unpack(_U16, self.used + 2)[0])

@@ -16,6 +16,7 @@ Buffers come back as memoryviews of guest RAM (``AddressSpace.ram_views``), read
 from __future__ import annotations
 
 import struct
+from itertools import chain as _itertools_chain
 from typing import TYPE_CHECKING
 
 from vfw.errors import GuestMemoryError
@@ -38,6 +39,27 @@ MAX_CHAIN_BYTES = 1 << 32
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
+
+
+_flatten = _itertools_chain.from_iterable
+_U16S: dict[int, struct.Struct] = {}
+_USED_ELEMS: dict[int, struct.Struct] = {}
+
+
+def _u16s(n: int) -> struct.Struct:
+    """``n`` u16s (a run of avail-ring heads), compiled once per length."""
+    s = _U16S.get(n)
+    if s is None:
+        s = _U16S[n] = struct.Struct(f"<{n}H")
+    return s
+
+
+def _used_elems(n: int) -> struct.Struct:
+    """``n`` used-ring elements (id, len), compiled once per length."""
+    s = _USED_ELEMS.get(n)
+    if s is None:
+        s = _USED_ELEMS[n] = struct.Struct(f"<{2 * n}I")
+    return s
 
 
 class VirtqueueError(Exception):
@@ -182,11 +204,11 @@ class VirtQueue:
         first = self.last_avail_idx
         slot = first & (size - 1)  # size is a power of 2 (checked by enable)
         if slot + n <= size:
-            heads = struct.unpack_from(f"<{n}H", avail, 4 + 2 * slot)
+            heads = _u16s(n).unpack_from(avail, 4 + 2 * slot)
         else:
             k = size - slot
-            heads = (struct.unpack_from(f"<{k}H", avail, 4 + 2 * slot)
-                     + struct.unpack_from(f"<{n - k}H", avail, 4))
+            heads = (_u16s(k).unpack_from(avail, 4 + 2 * slot)
+                     + _u16s(n - k).unpack_from(avail, 4))
         self._refresh_section()
         # The walk of _walk, inlined for the common direct chain (one call per batch, not
         # per chain); indirect chains go through _walk. Same checks in the same order.
@@ -209,8 +231,19 @@ class VirtQueue:
             for head in heads:
                 if head >= size:
                     raise VirtqueueError(f"queue {qi}: head index {head} >= size {size}")
-                self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
                 addr, length, flags, nxt = unpack(desc, head << 4)
+                if not flags & 5 and length:
+                    # One direct descriptor, neither NEXT nor INDIRECT (a network frame, an
+                    # rx buffer): inside the cached section, and writable if WRITE, it needs
+                    # none of the chain checks below.
+                    off = addr - sstart
+                    if off >= 0 and addr + length <= send and (swritable or not flags & 2):
+                        assert sview is not None
+                        if flags & 2:
+                            append((head, [], [sview[off:off + length]], 0, length))
+                        else:
+                            append((head, [sview[off:off + length]], [], length, 0))
+                        continue
                 if flags & VRING_DESC_F_INDIRECT:
                     e = self._walk(head)
                     append((head, e.out, e.in_, e.out_len, e.in_len))
@@ -272,17 +305,27 @@ class VirtQueue:
                     raise VirtqueueError(f"queue {qi}: chain longer than 4 GiB")
                 append((head, out, in_, out_len, in_len))
         except VirtqueueError as exc:
+            # The bad chain stays unconsumed: last_avail_idx counts exactly the chains
+            # returned, so that unpop(n) gives back precisely the last n of them.
+            self.last_avail_idx = (first + len(elems)) & 0xFFFF
             if not elems:
                 raise
             self._deferred_error = exc
+        else:
+            self.last_avail_idx = (first + n) & 0xFFFF
         if self.event_idx:
             assert self._used is not None
             _U16.pack_into(self._used, 4 + 8 * size, self.last_avail_idx)
         return elems
 
-    def unpop(self) -> None:
-        """Give the last popped chain back (a device that could not use it yet)."""
-        self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
+    def unpop(self, n: int = 1) -> None:
+        """Give the last ``n`` popped chains back (a device that could not use them yet):
+        the next pop walks and checks them anew. A bad chain found behind them is then met
+        again by that walk, so an error deferred by pop_batch is dropped here."""
+        if n <= 0:
+            return
+        self._deferred_error = None
+        self.last_avail_idx = (self.last_avail_idx - n) & 0xFFFF
         if self.event_idx:
             assert self._used is not None
             _U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail_idx)
@@ -405,6 +448,17 @@ class VirtQueue:
         assert used is not None
         mask = self.size - 1
         idx = self.used_idx
+        k = len(done)
+        slot = idx & mask
+        if slot + k <= mask + 1:  # one store for the run of used elements
+            try:
+                _used_elems(k).pack_into(used, 4 + 8 * slot, *_flatten(done))
+            except struct.error:
+                pass  # a length of 4 GiB: stored modulo 2**32 below
+            else:
+                self.used_idx = idx = (idx + k) & 0xFFFF
+                _U16.pack_into(used, 2, idx)
+                return
         pack = _USED_ELEM.pack_into
         for head, written in done:
             pack(used, 4 + 8 * (idx & mask), head, written & 0xFFFFFFFF)
