@@ -347,6 +347,10 @@ class KvmVcpu:
         exit_io, exit_mmio, io_out = k.KVM_EXIT_IO, k.KVM_EXIT_MMIO, k.KVM_EXIT_IO_OUT
         unpack_reason, unpack_io, port_size = _U32.unpack_from, _IO.unpack_from, _PORT_SIZE
         io_space = machine.address_space_io
+        mem_space = machine.address_space_memory
+        unpack_mmio, mmio_size = _MMIO.unpack_from, _MMIO_SIZE
+        mmio_at, mmio_data_at = k.RUN_MMIO_ADDR, k.RUN_MMIO_DATA
+        mmio_addr_max = (1 << 64) - 8  # beyond it an access would wrap: the slow path reports it
         bql = BQL
         while True:
             if self.dirty:
@@ -380,7 +384,19 @@ class KvmVcpu:
                 else:
                     self._handle_io(machine)
             elif reason == exit_mmio:
-                self._handle_mmio(machine)
+                addr, _data, length, is_write = unpack_mmio(run, mmio_at)
+                fmt = mmio_size.get(length)
+                if fmt is not None and addr <= mmio_addr_max:  # 1/2/4/8 bytes, no wrap
+                    if is_write:
+                        value = fmt.unpack_from(run, mmio_data_at)[0]
+                        with bql:
+                            mem_space.write(addr, value, length)
+                    else:
+                        with bql:
+                            value = mem_space.read(addr, length)
+                        fmt.pack_into(run, mmio_data_at, value)
+                else:
+                    self._handle_mmio(machine)
             elif not self._handle_other(machine, reason):
                 return
 
