@@ -69,6 +69,8 @@ class CodeGen:
         self.cur = 0  # current instruction index
         self.used: set[int] = set()
         self.written: set[int] = set()
+        #: registers only copied side-exit paths write (see Translator.emit_dup)
+        self.dup_written: set[int] = set()
         #: registers read before the block writes them (the prologue loads these)
         self.read_first: set[int] = set()
         #: (instruction index, register, size, conditional) of every register write

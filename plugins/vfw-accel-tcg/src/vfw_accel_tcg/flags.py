@@ -13,15 +13,19 @@ Translated code evaluates conditions straight from these values (``cond_expr``: 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from .consts import ARITH, PARITY, SIGN
 
 # Kinds (multiply by 4 and add the size index to get an fop).
-EFLAGS, ADD, ADC, SUB, SBB, LOGIC, INC, DEC, SHL, SHR, SAR, MUL = range(12)
+# INC_ADD .. DEC_SUB: INC/DEC right after an ADD/SUB of the same size, whose operands stay in
+# fa/fb: CF (which INC/DEC keep) is computed from them only when it is read.
+EFLAGS, ADD, ADC, SUB, SBB, LOGIC, INC, DEC, SHL, SHR, SAR, MUL, INC_ADD, DEC_ADD, INC_SUB, \
+    DEC_SUB = range(16)
 KIND_NAMES = ("EFLAGS", "ADD", "ADC", "SUB", "SBB", "LOGIC", "INC", "DEC", "SHL", "SHR", "SAR",
-              "MUL")
+              "MUL", "INC_ADD", "DEC_ADD", "INC_SUB", "DEC_SUB")
 SIZE_INDEX = {1: 0, 2: 1, 4: 2, 8: 3}
 SIZES = (1, 2, 4, 8)
 
@@ -30,8 +34,12 @@ FIELDS: dict[int, tuple[str, ...]] = {
     EFLAGS: ("fr",), ADD: ("fa", "fb"), ADC: ("fa", "fb", "fr", "fc"),
     SUB: ("fa", "fb"), SBB: ("fa", "fb", "fr", "fc"), LOGIC: ("fr",),
     INC: ("fr", "fc"), DEC: ("fr", "fc"), SHL: ("fr", "fc"), SHR: ("fa", "fr", "fc"),
-    SAR: ("fr", "fc"), MUL: ("fr", "fc"),
+    SAR: ("fr", "fc"), MUL: ("fr", "fc"), INC_ADD: ("fa", "fb", "fr"),
+    DEC_ADD: ("fa", "fb", "fr"), INC_SUB: ("fa", "fb", "fr"), DEC_SUB: ("fa", "fb", "fr"),
 }
+#: The fused kind of an INC (False) / DEC (True) after an ADD or SUB.
+FUSED = {(ADD, False): INC_ADD, (ADD, True): DEC_ADD, (SUB, False): INC_SUB,
+         (SUB, True): DEC_SUB}
 
 #: Condition codes in encoding order (jo, jno, jb, jae, je, jne, jbe, ja, js, jns, jp, jnp,
 #: jl, jge, jle, jg).
@@ -93,6 +101,13 @@ def _prims(kind: int, size: int, a: str, b: str, r: str, c: str) -> dict[str, st
         p.update(cf=f"({c} != 0)", of="False", af="False")
     elif kind == MUL:
         p.update(cf=f"({c} != 0)", of=f"({c} != 0)", af="False")
+    elif kind in (INC_ADD, DEC_ADD, INC_SUB, DEC_SUB):
+        p.update(cf=f"({a} + {b} > {(s << 1) - 1})" if kind in (INC_ADD, DEC_ADD)
+                 else f"({a} < {b})")
+        if kind in (INC_ADD, INC_SUB):
+            p.update(of=f"({r} == {s})", af=f"(({r} & 15) == 0)")
+        else:
+            p.update(of=f"({r} == {s - 1})", af=f"(({r} & 15) == 15)")
     else:
         raise ValueError(f"bad flag kind {kind}")
     return p
@@ -124,7 +139,13 @@ def cond_expr(kind: int, size: int, cc: int, a: str = "fa", b: str = "fb", r: st
         e = {0: p["of"], 2: p["cf"], 4: p["zf"], 6: f"({p['cf']} or {p['zf']})", 8: p["sf"],
              10: p["pf"], 12: f"({p['sf']} != {p['of']})",
              14: f"({p['zf']} or {p['sf']} != {p['of']})"}[base]
-    return f"(not {e})" if neg else f"({e})"
+    if neg:
+        m = _SIMPLE_EQ.match(e)
+        return f"({m[1]} != {m[2]})" if m else f"(not {e})"
+    return f"({e})"
+
+
+_SIMPLE_EQ = re.compile(r"^\((\w+) == (\w+)\)$")
 
 
 def flags_expr(kind: int, size: int, a: str = "fa", b: str = "fb", r: str = "fr",

@@ -78,3 +78,6 @@ NS: dict[str, Any] = {
     "FXSAVE": sse.fxsave, "FXRSTOR": sse.fxrstor,
 }
 NS.update({k: v for k, v in vars(system).items() if k.startswith("H_")})
+#: runs of 2..8 pushes / pops (translate.emit_stack_run)
+NS.update({f"{p}{n}Q": getattr(struct.Struct(f"<{n}Q"), fn) for n in range(2, 9)
+           for p, fn in (("P", "pack_into"), ("U", "unpack_from"))})

@@ -20,6 +20,7 @@ from .consts import (
     CF,
     M16,
     M32,
+    M64,
     MASK,
     OF,
     R_DS,
@@ -291,6 +292,10 @@ class Translator:
         insns, invalid = self.decode_block(fetch, rip, max_insns or MAX_INSNS,
                                            extend=allow_loop and max_insns != 1)
         n = len(insns)
+        self.fetch = fetch
+        # Side exits may continue with a copy of their target's first instructions.
+        self.dup_ok = allow_loop and max_insns != 1 and not self.stop_at
+        self.in_dup = False
         # Liveness of the arithmetic flags after each instruction (side exits need them all).
         live_after = [0] * n
         live = ALL
@@ -321,6 +326,12 @@ class Translator:
                 last[reg] = (k, size, cond)
             z = {reg for reg, (k, size, cond) in last.items()
                  if size == 4 and not cond and k < min(backs)}
+            for p, dw in self.dup_backs:
+                # A copied path that goes back to the head: what it and the main path before
+                # its side exit wrote must also leave the register zero-extended.
+                z -= dw
+                lastw = {reg: (size, cond) for k, reg, size, cond in cg.write_log if k <= p}
+                z = {r for r in z if lastw.get(r, (4, False)) == (4, False)}
             if z & cg.read_first:
                 cg = self._emit_all(rip, insns, invalid, fetch, loop, z)
                 cg.guard32 = sorted(z & cg.read_first)
@@ -334,23 +345,38 @@ class Translator:
         cg.loop = loop
         cg.known32 |= known32
         n = len(insns)
+        # Indices >= n of these (and of cg's per-instruction lists) are copied instructions.
+        del self.infos[n:]
+        del self.live_after[n:]
+        self.dup_insns: list[Insn] = []
+        self.dup_backs: list[tuple[int, set[int]]] = []
+        cg.fk_at = [-1] * n
+        cg.inline_at = [True] * n
+        cg.rips = [0] * n
         if cg.loop:
             cg.ind = 2
         ended = False
+        skip = 0
         for k, insn in enumerate(insns):
+            if k < skip:
+                continue
             cg.cur = k
-            cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
-            cg.inline_at.append(True)
-            cg.rips.append(insn.addr)
+            cg.fk_at[k] = -1 if cg.fcur is None else cg.fcur
+            cg.rips[k] = insn.addr
             self.k = k
             self.insn = insn
             try:
-                self.emit_insn(insn)
+                m = self._stack_run(insns, k)
+                if m:
+                    skip = k + m
+                    self.emit_stack_run(insns, k, m)
+                else:
+                    self.emit_insn(insn)
             except BlockEnd:
                 ended = True
                 break
         if invalid:
-            cg.cur = n
+            cg.cur = len(cg.rips)
             cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
             cg.inline_at.append(True)
             pos = insns[-1].next if insns else rip
@@ -407,7 +433,7 @@ class Translator:
     def _assemble(self, rip: int, insns: list[Insn], invalid: bool) -> Block:
         cg = self.cg
         regs = sorted(cg.used)
-        written = sorted(cg.written)
+        written = sorted(cg.written | cg.dup_written)
         flush = "; ".join(f"R[{r}] = r{r}" for r in written) or "pass"
         reload = "; ".join(f"r{r} = R[{r}]" for r in regs) or "pass"
         pro = []
@@ -431,8 +457,8 @@ class Translator:
         n = len(cg.rips)
         meta = BlockMeta(tuple([0] * len(head) + cg.line_insn), tuple(cg.rips),
                          tuple(cg.inline_at[:n]), tuple(cg.fk_at[:n]), tuple(written))
-        lo = min((x.addr for x in insns), default=rip)
-        hi = max((x.addr + x.size for x in insns), default=rip)
+        lo = min((x.addr for x in insns + self.dup_insns), default=rip)
+        hi = max((x.addr + x.size for x in insns + self.dup_insns), default=rip)
         return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns, meta,
                      hi - lo, lo - rip)
 
@@ -470,8 +496,10 @@ class Translator:
         Mid-block conditional branches are side exits (the block goes on with the
         fall-through); a branch to the block start is a back edge of its loop."""
         cg = self.cg
-        last = self.k == self.ninsns - 1
+        last = self.in_dup or self.k == self.ninsns - 1
         back = cg.loop and target == cg.start
+        if back and self.in_dup:
+            self.dup_back = True
         if cond is not None:
             cg.emit(f"if {cond}:")
             cg.indent()
@@ -482,12 +510,234 @@ class Translator:
                     cg.emit(stmt)
             cg.emit("n -= 1")
             cg.emit("if n: continue")
-        cg.exit(str(target))
+        if back or cond is None or not self.emit_dup(target):
+            cg.exit(str(target))
         if cond is None:
             raise BlockEnd()
         cg.dedent()
         if last:
             cg.exit(str(fall))
+            raise BlockEnd()
+
+    def emit_dup(self, target: int | str) -> bool:
+        """At a side exit to ``target``: emit a copy of the first few instructions there
+        (up to a return or a branch back to this loop block's head, all in this block's page)
+        instead of leaving the block, so short paths (a loop's continue, a leaf function's
+        return) skip the dispatcher and the block's exit and entry.
+        Returns False (nothing emitted) if the code there does not qualify."""
+        if not self.dup_ok or self.in_dup or not isinstance(target, int) \
+                or len(self.dup_insns) >= DUP_TOTAL:
+            return False
+        base = self.mode.cs_base
+        lin_mask = self.lin_mask
+        page = (base + self.cg.start) & lin_mask & ~0xFFF
+        ipmask = self.dec.ipmask
+        seq: list[Insn] = []
+        pos = target
+        limit = DUP_MAX if self.cg.loop else 3  # outside loops only short returns qualify
+        try:
+            while len(seq) < limit:
+                lin = (base + pos) & lin_mask
+                if lin & ~0xFFF != page:
+                    return False
+                insn = self.dec.decode(self.fetch(pos, 15), pos)
+                if insn is None or (lin & 0xFFF) + insn.size > 4096 or not self._dup_ok(insn):
+                    return False
+                seq.append(insn)
+                if insn.id in ENDS_BLOCK or self._ends(insn):
+                    break
+                pos = (pos + insn.size) & ipmask
+        except Exception:  # noqa: BLE001 - a fault or odd bytes there: just leave the block
+            return False
+        cg = self.cg
+        # Only what pays for the extra translation: a short return path, or a path back to
+        # the head of this block's loop (a loop's "continue").
+        end = seq[-1]
+        if not ((end.id == I.X86_INS_RET and len(seq) <= 3)
+                or (cg.loop and self._branch_target(end) == cg.start)):
+            return False
+        ind = cg.ind
+        saved = (cg.fcur, set(cg.known32), set(cg.written), cg.last_addr, cg.cur,
+                 self.k, self.insn, len(cg.lines), len(cg.rips), len(self.dup_insns),
+                 set(cg.used), set(cg.need), set(cg.read_first), len(cg.write_log))
+        # Flag liveness along the copy (everything is live where it leaves).
+        live = ALL
+        infos = [self.flag_info(x) for x in seq]
+        lives = [0] * len(seq)
+        for j in range(len(seq) - 1, -1, -1):
+            lives[j] = live
+            reads, wdef, wmay, passthru = infos[j]
+            live = reads | (live & ~wdef) | (passthru if live & wmay else 0)
+        self.in_dup = True
+        self.dup_back = False
+        ok = False
+        try:
+            for j, insn in enumerate(seq):
+                k = len(cg.rips)
+                cg.cur = k
+                cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
+                cg.inline_at.append(True)
+                cg.rips.append(insn.addr)
+                self.infos.append(infos[j])
+                self.live_after.append(lives[j])
+                self.k = k
+                self.insn = insn
+                emitter = self.emitters.get(insn.id)
+                if emitter is None:
+                    break
+                try:
+                    emitter(insn)
+                except BlockEnd:
+                    ok = True
+                    break
+        except Untranslatable:
+            ok = False
+        finally:
+            self.in_dup = False
+        if ok:
+            dw = set(cg.written) - saved[2]
+            cg.dup_written |= dw
+            self.dup_insns += seq
+            if self.dup_back:
+                self.dup_backs.append((saved[5], dw | {r for _k, r, _s, _c in
+                                                       cg.write_log[saved[13]:]}))
+        else:
+            del cg.lines[saved[7]:]
+            del cg.line_insn[saved[7]:]
+            for lst in (cg.fk_at, cg.inline_at, cg.rips, self.infos, self.live_after):
+                del lst[saved[8]:]
+            del self.dup_insns[saved[9]:]
+            cg.used, cg.need, cg.read_first = saved[10], saved[11], saved[12]
+            del cg.write_log[saved[13]:]
+        cg.fcur, cg.known32, cg.written, cg.last_addr, cg.cur = saved[:5]
+        self.k, self.insn = saved[5], saved[6]
+        cg.ind = ind
+        return ok
+
+    def _dup_ok(self, insn: Insn) -> bool:
+        if insn.id not in DUP_IDS or insn.rep or insn.lock:
+            return False
+        return all(o.kind != OP_REG or o.rclass == GPR for o in insn.ops)
+
+    # -- runs of pushes / pops (64-bit): one struct call for all of them -----------------------
+    def _stack_run(self, insns: list[Insn], k: int) -> int:
+        """How many instructions from ``k`` form a run of 8-byte pushes (optionally ending
+        with a direct call) or pops (optionally ending with ``ret``); 0 if fewer than two."""
+        if self.mode.bits != 64:
+            return 0
+        first = insns[k]
+        pushes = first.id == I.X86_INS_PUSH
+        if not pushes and first.id != I.X86_INS_POP:
+            return 0
+        j = end = k
+        count = 0
+        clobbered: set[int] = set()  # registers written by register moves between pushes
+        while j < len(insns) and count < 8:
+            x = insns[j]
+            if x.id == (I.X86_INS_PUSH if pushes else I.X86_INS_POP) and len(x.ops) == 1:
+                o = x.ops[0]
+                if not (o.kind == OP_REG and o.rclass == GPR and o.size == 8 and o.reg != 4
+                        and not o.high and o.reg not in clobbered) \
+                        and not (pushes and o.kind == OP_IMM and not x.p66):
+                    break
+                j += 1
+                count += 1
+                end = j
+                continue
+            if pushes and count and self._transparent(x):
+                clobbered.add(x.ops[0].reg)
+                j += 1
+                continue
+            if (x.id == I.X86_INS_CALL and x.ops and x.ops[0].kind == OP_IMM) if pushes \
+                    else (x.id == I.X86_INS_RET and not x.ops and not x.p66):
+                count += 1
+                end = j + 1
+            break
+        return end - k if count >= 2 else 0
+
+    @staticmethod
+    def _transparent(x: Insn) -> bool:
+        """A register move a push run may span: no memory access, no fault, no flags, RSP
+        neither read nor written (it runs after the merged store, or in order on the slow
+        path)."""
+        if x.id not in (I.X86_INS_MOV, I.X86_INS_LEA) or len(x.ops) != 2:
+            return False
+        d, src = x.ops
+        if not (d.kind == OP_REG and d.rclass == GPR and d.size in (4, 8) and d.reg != 4):
+            return False
+        if x.id == I.X86_INS_LEA:
+            return src.kind == OP_MEM and src.base != 4 and src.index != 4
+        return src.kind == OP_IMM or (src.kind == OP_REG and src.rclass == GPR
+                                      and src.reg != 4 and not src.high)
+
+    def emit_stack_run(self, insns: list[Insn], k: int, m: int) -> None:
+        """Pushes or pops ``insns[k:k+m]`` with one struct call when the bytes are in one
+        mapped page; otherwise (the except branch) one by one, exactly as without the run."""
+        cg = self.cg
+        run = insns[k:k + m]
+        pushes = run[0].id != I.X86_INS_POP
+        last = run[-1]
+        a = cg.t("a")
+        fk = -1 if cg.fcur is None else cg.fcur
+        for j, x in enumerate(run):
+            cg.fk_at[k + j] = fk
+            cg.rips[k + j] = x.addr
+        if pushes:
+            moves = [x.id in (I.X86_INS_MOV, I.X86_INS_LEA) for x in run]
+            vals = [str(x.next) if x.id == I.X86_INS_CALL else
+                    "" if moves[j] else cg.read(x.ops[0], x, 8) for j, x in enumerate(run)]
+            npush = m - sum(moves)
+            cg.emit(f"{a} = ({cg.rget(4, 8)} - {8 * npush}) & {M64}")
+            cg.need.add("WT")
+            cg.emit(f"try: P{npush}Q(WT[{a} >> 12], {a} & 4095, "
+                    f"{', '.join(v for v in reversed(vals) if v)})")
+            cg.emit("except LE:")
+            cg.indent()
+            known32 = set(cg.known32)
+            for j, v in enumerate(vals):
+                cg.cur = self.k = k + j
+                self.insn = run[j]
+                if moves[j]:
+                    self.emit_insn(run[j])
+                else:
+                    self.push(v, 8)
+            cg.dedent()
+            cg.emit("else:")
+            cg.indent()
+            cg.known32 = known32  # the moves again, from the state before the run
+            for j, x in enumerate(run):
+                if moves[j]:
+                    cg.cur = self.k = k + j
+                    self.insn = x
+                    self.emit_insn(x)
+            cg.rset(4, 8, a)
+            cg.dedent()
+            if last.id == I.X86_INS_CALL:
+                self.call_tail(last, str(self._target(last)))
+            return
+        names = [cg.t("v") for _ in run]
+        cg.emit(f"{a} = {cg.rget(4, 8)}")
+        cg.need.add("RT")
+        cg.emit(f"try: {', '.join(names)} = U{m}Q(RT[{a} >> 12], {a} & 4095)")
+        cg.emit("except LE:")
+        cg.indent()
+        for j, x in enumerate(run):
+            cg.cur = self.k = k + j
+            self.insn = x
+            v, nsp = self.pop_load(8, name=names[j])
+            cg.rset(4, 8, nsp)
+            if x.id == I.X86_INS_POP:
+                cg.rset(x.ops[0].reg, 8, v)
+        cg.dedent()
+        cg.emit("else:")
+        cg.indent()
+        for j, x in enumerate(run):
+            if x.id == I.X86_INS_POP:
+                cg.rset(x.ops[0].reg, 8, names[j])
+        cg.rset(4, 8, f"({a} + {8 * m}) & {M64}")
+        cg.dedent()
+        if last.id == I.X86_INS_RET:
+            cg.exit(names[-1])
             raise BlockEnd()
 
     def sp_size(self) -> int:
@@ -498,20 +748,25 @@ class Translator:
         sw = self.sp_size()
         nsp = cg.t("sp")
         cg.emit(f"{nsp} = ({cg.rget(4, sw)} - {size}) & {MASK[sw]}")
-        a = cg.t("a")
-        cg.emit(f"{a} = {cg.lin(R_SS, nsp)}")
+        a = cg.lin(R_SS, nsp)
+        if not a.isidentifier():
+            a = cg.t("a")
+            cg.emit(f"{a} = {cg.lin(R_SS, nsp)}")
         cg.store(a, size, value)
         cg.rset(4, sw, nsp)
 
-    def pop_load(self, size: int, offset: int = 0) -> tuple[str, str]:
+    def pop_load(self, size: int, offset: int = 0, name: str | None = None
+                 ) -> tuple[str, str]:
         """Load the value at the top of the stack; return (value temp, new sp expr)."""
         cg = self.cg
         sw = self.sp_size()
         sp = cg.rget(4, sw)
-        a = cg.t("a")
         off = sp if not offset else f"(({sp} + {offset}) & {MASK[sw]})"
-        cg.emit(f"{a} = {cg.lin(R_SS, off)}")
-        v = cg.load(a, size)
+        a = cg.lin(R_SS, off)
+        if not a.isidentifier():
+            a = cg.t("a")
+            cg.emit(f"{a} = {cg.lin(R_SS, off)}")
+        v = cg.load(a, size, name=name)
         nsp = cg.t("sp")
         cg.emit(f"{nsp} = ({sp} + {size + offset}) & {MASK[sw]}")
         return v, nsp
@@ -754,6 +1009,20 @@ class Translator:
         size = d.size
         inc = insn.id == I.X86_INS_INC
         x = cg.read(d, insn, size, rmw=True)
+        prev = cg.fcur
+        fused = None
+        if prev is not None and F.size_of(prev) == size:
+            fused = F.FUSED.get((F.kind_of(prev), not inc))
+        if d.kind == OP_REG and size >= 4:
+            # The register holds the result: no temporary.
+            cg.rset(d.reg, size, f"({x} {'+' if inc else '-'} 1) & {MASK[size]}")
+            if not self.flags_live():
+                return
+            if fused is not None:  # CF stays computable from fa/fb: no carry value now
+                cg.set_flags(fused, size, a="fa", b="fb", r=f"r{d.reg}")
+            else:
+                cg.set_flags(F.INC if inc else F.DEC, size, r=f"r{d.reg}", c=cg.cf())
+            return
         t = cg.t()
         cg.emit(f"{t} = ({x} {'+' if inc else '-'} 1) & {MASK[size]}")
         if d.kind == OP_MEM:
@@ -974,6 +1243,12 @@ class Translator:
         if static == 0:
             if d.kind == OP_REG and size == 4 and self.mode.bits == 64:
                 cg.rset(d.reg, 4, cg.rget(d.reg, 4))  # the write still zero-extends
+            return
+        if not live and static > 0 and d.kind == OP_REG and kind in ("shl", "shr"):
+            # Flags dead, constant count: one assignment, no temporaries.
+            x = cg.read(d, insn, size)
+            cg.rset(d.reg, size, f"({x} << {cnt}) & {m}" if kind == "shl" else f"{x} >> {cnt}",
+                    d.high)
             return
         x = cg.val(cg.read(d, insn, size, rmw=True))
         if static < 0:
@@ -1290,6 +1565,11 @@ class Translator:
             target = cg.t()
             cg.emit(f"{target} = {v}")
         self.push(str(insn.next), size)
+        self.call_tail(insn, target)
+
+    def call_tail(self, insn: Insn, target: str) -> None:
+        """What a call does after pushing the return address."""
+        cg = self.cg
         if insn.follow:
             return  # the block continues in the callee
         if target == str(cg.start) and cg.loop:
@@ -1463,6 +1743,16 @@ class Translator:
         if self.mode.bits == 64:
             cg.known32.clear()
 
+
+#: Instructions a side exit may copy from its target (plain register/memory work and the
+#: branch or return that ends the copy), at most DUP_MAX per exit, DUP_TOTAL per block.
+DUP_IDS = {
+    I.X86_INS_MOV, I.X86_INS_MOVZX, I.X86_INS_MOVSX, I.X86_INS_MOVSXD, I.X86_INS_LEA,
+    I.X86_INS_INC, I.X86_INS_DEC, I.X86_INS_NEG, I.X86_INS_NOT, I.X86_INS_PUSH,
+    I.X86_INS_POP, I.X86_INS_RET, I.X86_INS_JMP, I.X86_INS_CALL, I.X86_INS_NOP,
+    I.X86_INS_SHL, I.X86_INS_SHR, I.X86_INS_SAR,
+} | set(ALU) | set(JCC) | set(CMOVCC) | set(SETCC)
+DUP_MAX, DUP_TOTAL = 4, 16
 
 _FLAG_NEUTRAL = {
     I.X86_INS_MOV, I.X86_INS_MOVABS, I.X86_INS_MOVZX, I.X86_INS_MOVSX, I.X86_INS_MOVSXD,
