@@ -357,15 +357,17 @@ class APIC(Device):
     def _tick_time(self, ticks: int) -> int:
         return self._load_time + (ticks << self._timer_shift) * TIMER_NS_PER_TICK
 
-    def _arm_timer(self) -> None:
-        """Arm for the next count-reaches-zero after now (missed periods coalesce)."""
+    def _arm_timer(self, now: int | None = None) -> None:
+        """Arm for the next count-reaches-zero after ``now`` (default: the clock's now;
+        missed periods coalesce)."""
         timer = self._timer
         if timer is not None:
             timer.delete()
         n = self.initial_count
         if not n or self.lvt[LVT_TIMER] & LVT_MASKED:
             return
-        now = self.clock.now_ns()
+        if now is None:
+            now = self.clock.now_ns()
         d = self._elapsed_ticks(now)
         if self._timer_periodic():
             expire = self._tick_time((d // n + 1) * n)
@@ -465,7 +467,9 @@ class APIC(Device):
         elif index == R_TMICT:
             self.initial_count = value
             self._load_time = self.clock.now_ns()
-            self._arm_timer()
+            # Arm from the load instant: a short one-shot count (Linux programs ~60 ticks)
+            # can run out before a second clock read, and must still fire.
+            self._arm_timer(self._load_time)
         elif index == R_TDCR:
             now = self.clock.now_ns()
             d = self._elapsed_ticks(now)
@@ -474,7 +478,7 @@ class APIC(Device):
             self._timer_shift = (v + 1) & 7
             # Keep the count where it is; it continues at the new rate.
             self._load_time = now - (d << self._timer_shift) * TIMER_NS_PER_TICK
-            self._arm_timer()
+            self._arm_timer(now)
         elif index in (R_VERSION, R_APR, R_PPR, R_RRD, R_TMCCT) or (R_ISR <= index < R_IRR + 8):
             guest_log.debug("apic %d: write of 0x%x to read-only register 0x%x ignored",
                             self.apic_id, value, index << 4)
