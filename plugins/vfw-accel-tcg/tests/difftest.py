@@ -85,6 +85,65 @@ def random_state(bits: int, rnd: random.Random) -> tuple[list[int], int, bytes, 
     return regs, eflags, mem, xmm
 
 
+F64_SPECIAL = [0, 1 << 63, 0x7FF0000000000000, 0xFFF0000000000000, 0x7FF8000000000000,
+               0xFFF8000000000000, 0x7FF4000000000001, 0xFFF0000000000123, 1, 0x800FFFFFFFFFFFFF,
+               0x0010000000000000, 0x7FEFFFFFFFFFFFFF, 0x3FF0000000000000, 0xBFF8000000000000,
+               0x43E0000000000000, 0xC3E0000000000000, 0x41E0000000000000, 0xC1E0000000200000,
+               0x41DFFFFFFFFFFFFF, 0x4330000000000001, 0x3FE0000000000000, 0x4004000000000000]
+F32_SPECIAL = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7FA00001,
+               0xFF800123, 1, 0x807FFFFF, 0x00800000, 0x7F7FFFFF, 0x3F800000, 0xBFC00000,
+               0x5F000000, 0xDF000000, 0x4F000000, 0xCF000000, 0x3F000000, 0x40200000,
+               0x4EFFFFFF]
+
+
+def f64_lane(rnd: random.Random) -> int:
+    if rnd.random() < 0.5:
+        return rnd.choice(F64_SPECIAL)
+    # random sign and mantissa, exponent near 1.0 (so sums/products stay interesting)
+    e = rnd.choice([0x3FF + rnd.randrange(-40, 40), rnd.randrange(0x800)])
+    return (rnd.getrandbits(1) << 63) | (e << 52) | rnd.getrandbits(52)
+
+
+def f32_lane(rnd: random.Random) -> int:
+    if rnd.random() < 0.5:
+        return rnd.choice(F32_SPECIAL)
+    e = rnd.choice([0x7F + rnd.randrange(-20, 20), rnd.randrange(0x100)])
+    return (rnd.getrandbits(1) << 31) | (e << 23) | rnd.getrandbits(23)
+
+
+def fp_value(rnd: random.Random) -> int:
+    """128 bits: two binary64 or four binary32 lanes of interesting values."""
+    if rnd.random() < 0.5:
+        return f64_lane(rnd) | (f64_lane(rnd) << 64)
+    return sum(f32_lane(rnd) << (32 * i) for i in range(4))
+
+
+def float_state(bits: int, rnd: random.Random) -> tuple[list[int], int, bytes, list[int]]:
+    """A random state whose XMM registers and data window hold float edge cases."""
+    regs, eflags, _, _ = random_state(bits, rnd)
+    mem = b"".join(fp_value(rnd).to_bytes(16, "little")
+                   for _ in range((WIN_HI - WIN_LO) // 16))
+    xmm = [fp_value(rnd) for _ in range(16)]
+    return regs, eflags, mem, xmm
+
+
+def x87_pick_nan(a: int, b: int, w: int) -> int:
+    """The NaN unicorn (QEMU 5 softfloat) propagates for SSE: the x87 rule (a QNaN over an
+    SNaN, else the larger significand, else the positive one); real SSE hardware returns the
+    first source's. Patched into vfw (``sse.pick_nan``) for differential runs."""
+    from vfw_accel_tcg import sse
+
+    q = sse._QBIT[w]
+    if not (sse._isnan(a, w) and sse._isnan(b, w)):
+        return (a if sse._isnan(a, w) else b) | q
+    if (a & q) != (b & q):
+        return (a if a & q else b) | q
+    fa, fb = a & sse._FRAC[w], b & sse._FRAC[w]
+    if fa != fb:
+        return (a if fa > fb else b) | q
+    return (b if a >> (8 * w - 1) else a) | q
+
+
 def run_unicorn(bits: int, code: bytes, regs: list[int], eflags: int, mem: bytes,
                 xmm: list[int] | None = None) -> State:
     import unicorn as U

@@ -484,6 +484,57 @@ class Gen:
             return self.emit(f"movdqa {m16}, {x}")
         return self.emit(f"{op} {x}, {self.r.choice([y, m16])}")
 
+    def sse_fp(self) -> bool:
+        """SSE/SSE2 floating point: arithmetic, compares, conversions (see ``float_state``)."""
+        nx = 16 if self.bits == 64 else 8
+        x, y = f"xmm{self.r.randrange(nx)}", f"xmm{self.r.randrange(nx)}"
+        r = self.r
+        kind = r.choice(["arith", "arith", "arith", "cmp", "comi", "cvtsi", "cvt2si", "cvts",
+                         "cvtp", "logic"])
+        if kind == "arith":
+            op = r.choice(["add", "sub", "mul", "div", "min", "max", "sqrt"])
+            sfx = r.choice(["sd", "ss", "pd", "ps"])
+            size = {"sd": 8, "ss": 4}.get(sfx, 16)
+            return self.emit(f"{op}{sfx} {x}, {r.choice([y, self.mem(size, size)])}")
+        if kind == "cmp":
+            sfx = r.choice(["sd", "ss", "pd", "ps"])
+            size = {"sd": 8, "ss": 4}.get(sfx, 16)
+            return self.emit(f"cmp{sfx} {x}, {r.choice([y, self.mem(size, size)])}, "
+                             f"{r.randrange(8)}")
+        if kind == "comi":
+            op = r.choice(["ucomisd", "comisd", "ucomiss", "comiss"])
+            size = 8 if op.endswith("d") else 4
+            return self.emit(f"{op} {x}, {r.choice([y, self.mem(size, size)])}", 0, ALL)
+        if kind == "cvtsi":
+            size = r.choice([4, 8] if self.bits == 64 else [4])
+            return self.emit(f"{r.choice(['cvtsi2sd', 'cvtsi2ss'])} {x}, "
+                             f"{r.choice([self.reg(size), self.mem(size)])}")
+        if kind == "cvt2si":
+            op = r.choice(["cvttsd2si", "cvtsd2si", "cvttss2si", "cvtss2si"])
+            size = 8 if "sd" in op else 4
+            d = self.reg(r.choice([4, 8] if self.bits == 64 else [4]))
+            return self.emit(f"{op} {d}, {r.choice([y, self.mem(size, size)])}")
+        if kind == "cvts":
+            op = r.choice(["cvtss2sd", "cvtsd2ss"])
+            size = 4 if op == "cvtss2sd" else 8
+            return self.emit(f"{op} {x}, {r.choice([y, self.mem(size, size)])}")
+        if kind == "cvtp":
+            op = r.choice(["cvtdq2pd", "cvtdq2ps", "cvttpd2dq", "cvtpd2dq", "cvttps2dq",
+                           "cvtps2dq", "cvtpd2ps", "cvtps2pd"])
+            size = 8 if op in ("cvtdq2pd", "cvtps2pd") else 16
+            return self.emit(f"{op} {x}, {r.choice([y, self.mem(size, size)])}")
+        op = r.choice(["andpd", "andnps", "orpd", "xorpd", "unpcklps", "unpckhpd", "unpckhps",
+                       "unpcklpd"])
+        return self.emit(f"{op} {x}, {r.choice([y, self.mem(16, 16)])}")
+
+
+def fp_program(rnd: random.Random, bits: int, n: int) -> str:
+    """``n`` SSE floating-point instructions (no flags are left undefined)."""
+    g = Gen(rnd, bits)
+    while len(g.lines) < n:
+        g.sse_fp()
+    return "\n".join(g.lines)
+
 
 def program(rnd: random.Random, bits: int, n: int, sse: bool = True, native: bool = False
             ) -> tuple[str, int]:

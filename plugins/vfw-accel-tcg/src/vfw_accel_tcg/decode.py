@@ -216,4 +216,36 @@ class Decoder:
                 else:
                     op.seg = R_SS if op.base in _BP_SP else R_DS
             insn.ops.append(op)
+        if insn.opcode[:2] == [0x0F, 0xC2]:
+            _fix_cmpfp(insn)
         return insn
+
+
+#: Synthetic ids of CMPSS/CMPSD/CMPPS/CMPPD (0F C2 /r ib): capstone 5 folds the predicate into
+#: the id and those ids collide with CMPSB, CMPSW, CMPXCHG16B, ...
+CMPSS_ID, CMPSD_ID, CMPPS_ID, CMPPD_ID = -10, -11, -12, -13
+
+
+def _fix_cmpfp(insn: Insn) -> None:
+    rep, p66 = 0, False
+    for b in insn.bytes:  # capstone does not report the mandatory prefix
+        if b == 0x0F:
+            break
+        if b in (0xF2, 0xF3):
+            rep = b
+        elif b == 0x66:
+            p66 = True
+    if rep == 0xF3:
+        insn.id = CMPSS_ID
+    elif rep == 0xF2:
+        insn.id = CMPSD_ID
+    elif p66:
+        insn.id = CMPPD_ID
+    else:
+        insn.id = CMPPS_ID
+    ops = insn.ops[:2]
+    imm = Op()
+    imm.kind = OP_IMM
+    imm.size = 1
+    imm.imm = insn.bytes[-1] & 7
+    insn.ops = [*ops, imm]

@@ -76,6 +76,9 @@ NS: dict[str, Any] = {
     "MOVMSKPD": sse.movmskpd, "PSHIFT": sse.pshift, "PSLLDQ": sse.pslldq,
     "PSRLDQ": sse.psrldq, "PINSRW": sse.pinsrw, "LDMXCSR": sse.ldmxcsr,
     "FXSAVE": sse.fxsave, "FXRSTOR": sse.fxrstor,
+    "FOP_S": sse.fop_s, "FOP_P": sse.fop_p, "FCMP_S": sse.fcmp_s, "FCMP_P": sse.fcmp_p,
+    "COMI": sse.comi, "INT2F": sse.int2f, "F2INT": sse.f2int, "CVT_S": sse.cvt_s,
+    "CVT_P": sse.cvt_p,
 }
 NS.update({k: v for k, v in vars(system).items() if k.startswith("H_")})
 #: runs of 2..8 pushes / pops (translate.emit_stack_run)

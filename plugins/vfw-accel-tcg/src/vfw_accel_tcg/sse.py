@@ -2,11 +2,12 @@
 
 XMM registers are 128-bit ints in ``env.xmm``. Lane-wise operations unpack with struct; they
 are rare enough in kernels and the C library's string functions for that to be fine.
-Floating-point arithmetic is not implemented (such instructions raise #UD, logged).
+Floating-point arithmetic, compares and conversions are at the end (see the notes there).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,7 +16,18 @@ from capstone import x86_const as X
 
 from . import mmu
 from .consts import CR0_EM, CR0_TS, M32, M64, MASK
-from .decode import GPR, OP_IMM, OP_MEM, OP_REG, XMM, Insn
+from .decode import (
+    CMPPD_ID,
+    CMPPS_ID,
+    CMPSD_ID,
+    CMPSS_ID,
+    GPR,
+    OP_IMM,
+    OP_MEM,
+    OP_REG,
+    XMM,
+    Insn,
+)
 from .excp import CpuException
 
 if TYPE_CHECKING:
@@ -288,6 +300,26 @@ _SHIFT = {I.X86_INS_PSLLW: (2, "l"), I.X86_INS_PSLLD: (4, "l"), I.X86_INS_PSLLQ:
           I.X86_INS_PSRAW: (2, "a"), I.X86_INS_PSRAD: (4, "a")}
 
 
+#: arithmetic: id -> (op name, lane width, scalar)
+_FARITH = {getattr(I, f"X86_INS_{op.upper()}{sfx}"): (op, 8 if sfx[1] == "D" else 4, sfx[0] == "S")
+           for op in ("add", "sub", "mul", "div", "min", "max", "sqrt")
+           for sfx in ("SD", "SS", "PD", "PS")}
+#: conversions to a general register: id -> (lane width, truncate)
+_F2SI = {I.X86_INS_CVTTSD2SI: (8, True), I.X86_INS_CVTSD2SI: (8, False),
+         I.X86_INS_CVTTSS2SI: (4, True), I.X86_INS_CVTSS2SI: (4, False)}
+#: packed conversions: id -> (kind, memory operand size)
+_CVTP = {I.X86_INS_CVTDQ2PD: ("dq2pd", 8), I.X86_INS_CVTDQ2PS: ("dq2ps", 16),
+         I.X86_INS_CVTTPD2DQ: ("tpd2dq", 16), I.X86_INS_CVTPD2DQ: ("pd2dq", 16),
+         I.X86_INS_CVTTPS2DQ: ("tps2dq", 16), I.X86_INS_CVTPS2DQ: ("ps2dq", 16),
+         I.X86_INS_CVTPD2PS: ("pd2ps", 16), I.X86_INS_CVTPS2PD: ("ps2pd", 8)}
+#: (U)COMISx: id -> lane width
+COMI_IDS = {I.X86_INS_UCOMISD: 8, I.X86_INS_COMISD: 8, I.X86_INS_UCOMISS: 4,
+            I.X86_INS_COMISS: 4}
+#: CMPxx (synthetic ids from decode): id -> (lane width, scalar)
+_FCMP = {CMPSS_ID: (4, True), CMPSD_ID: (8, True), CMPPS_ID: (4, False),
+         CMPPD_ID: (8, False)}
+
+
 def sse_fallback(tr: Translator, insn: Insn) -> None:
     """MOVSD/CMPSD with XMM operands share capstone ids with the string instructions."""
     em = sse_emitters(tr)
@@ -485,7 +517,92 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         fn = "FXSAVE" if insn.id in (I.X86_INS_FXSAVE, I.X86_INS_FXSAVE64) else "FXRSTOR"
         cg.emit(f"{fn}(s, {ad}, {wide})")
 
+    def fsrc(insn: Insn, op: object, size: int) -> str:
+        """A float source: an XMM register (whole), or ``size`` bytes of memory."""
+        from .decode import Op
+
+        assert isinstance(op, Op)
+        if op.kind == OP_REG:
+            return f"E.xmm[{op.reg}]"
+        if size == 16:
+            return src128(insn, op, True)
+        return tr.cg.read(op, insn, size)
+
+    def farith(insn: Insn) -> None:
+        check(insn)
+        d, s = insn.ops
+        name, w, scalar = _FARITH[insn.id]
+        v = fsrc(insn, s, w if scalar else 16)
+        fn = "FOP_S" if scalar else "FOP_P"
+        tr.cg.emit(f"E.xmm[{d.reg}] = {fn}({name!r}, E.xmm[{d.reg}], {v}, {w})")
+
+    def fcmp(insn: Insn) -> None:
+        check(insn)
+        d, s, imm = insn.ops
+        w, scalar = _FCMP[insn.id]
+        v = fsrc(insn, s, w if scalar else 16)
+        fn = "FCMP_S" if scalar else "FCMP_P"
+        tr.cg.emit(f"E.xmm[{d.reg}] = {fn}({imm.imm & 7}, E.xmm[{d.reg}], {v}, {w})")
+
+    def comi(insn: Insn) -> None:
+        from . import flags as F
+
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        w = COMI_IDS[insn.id]
+        v = fsrc(insn, s, w)
+        t = cg.t()
+        cg.emit(f"{t} = COMI(E.xmm[{d.reg}], {v}, {w})")
+        cg.set_flags(F.EFLAGS, 4, r=t)
+
+    def cvtsi2s(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        w = 8 if insn.id == I.X86_INS_CVTSI2SD else 4
+        size = 8 if s.size == 8 else 4
+        v = cg.read(s, insn, size)
+        cg.emit(f"E.xmm[{d.reg}] = (E.xmm[{d.reg}] & {M128 ^ MASK[w]}) | INT2F({v}, {size}, {w})")
+
+    def cvt2si(insn: Insn) -> None:
+        check(insn)
+        cg = tr.cg
+        d, s = insn.ops
+        w, trunc = _F2SI[insn.id]
+        size = 8 if d.size == 8 else 4
+        v = fsrc(insn, s, w)
+        t = cg.t()
+        cg.emit(f"{t} = F2INT({v}, {w}, {size}, {trunc})")
+        cg.rset(d.reg, size, t)
+
+    def cvts(insn: Insn) -> None:
+        check(insn)
+        d, s = insn.ops
+        kind, w = ("sd", 4) if insn.id == I.X86_INS_CVTSS2SD else ("ss", 8)
+        v = fsrc(insn, s, w)
+        tr.cg.emit(f"E.xmm[{d.reg}] = CVT_S({kind!r}, E.xmm[{d.reg}], {v})")
+
+    def cvtp(insn: Insn) -> None:
+        check(insn)
+        d, s = insn.ops
+        kind, msize = _CVTP[insn.id]
+        v = fsrc(insn, s, msize)
+        tr.cg.emit(f"E.xmm[{d.reg}] = CVT_P({kind!r}, {v})")
+
     t: dict[int, Callable[[Insn], None]] = {}
+    for i in _FARITH:
+        t[i] = farith
+    for i in _FCMP:
+        t[i] = fcmp
+    for i in COMI_IDS:
+        t[i] = comi
+    for i in _F2SI:
+        t[i] = cvt2si
+    for i in _CVTP:
+        t[i] = cvtp
+    t[I.X86_INS_CVTSI2SD] = t[I.X86_INS_CVTSI2SS] = cvtsi2s
+    t[I.X86_INS_CVTSS2SD] = t[I.X86_INS_CVTSD2SS] = cvts
     for i in _MOV128:
         t[i] = mov128
     for i in _BIN:
@@ -507,3 +624,176 @@ def sse_emitters(tr: Translator) -> dict[int, Callable[[Insn], None]]:
         I.X86_INS_FXRSTOR64: fx,
     })
     return t
+
+
+# -- floating point (SSE/SSE2) -----------------------------------------------------------------
+# Lanes are raw IEEE bit patterns; arithmetic goes through Python floats (binary64). Single
+# precision is computed exactly in binary64 and rounded once to binary32 (innocuous double
+# rounding for + - * / sqrt). Rounding is always round-to-nearest-even: MXCSR.RC, FTZ and DAZ
+# are ignored and no MXCSR exception flags are set (all exceptions behave as masked).
+
+_D = struct.Struct("<d")
+_F = struct.Struct("<f")
+_Q = struct.Struct("<Q")
+_L = struct.Struct("<I")
+DNAN64, DNAN32 = 0xFFF8000000000000, 0xFFC00000
+_EXP = {8: 0x7FF0000000000000, 4: 0x7F800000}
+_QBIT = {8: 1 << 51, 4: 1 << 22}
+_FRAC = {8: (1 << 52) - 1, 4: (1 << 23) - 1}
+
+
+def _isnan(x: int, w: int) -> bool:
+    e = _EXP[w]
+    return (x & e) == e and bool(x & _FRAC[w])
+
+
+def f2v(x: int, w: int) -> float:
+    if w == 8:
+        return _D.unpack(_Q.pack(x))[0]
+    return _F.unpack(_L.pack(x))[0]
+
+
+def v2f(v: float, w: int) -> int:
+    """Bits of ``v`` rounded to the lane width (a NaN becomes the default NaN)."""
+    if v != v:
+        return DNAN64 if w == 8 else DNAN32
+    if w == 8:
+        return _Q.unpack(_D.pack(v))[0]
+    try:
+        return _L.unpack(_F.pack(v))[0]
+    except OverflowError:
+        return 0xFF800000 if v < 0 else 0x7F800000
+
+
+def _div(x: float, y: float) -> float:
+    try:
+        return x / y
+    except ZeroDivisionError:
+        if x != x or x == 0:
+            return math.nan
+        return math.copysign(math.inf, x) * math.copysign(1.0, y)
+
+
+def _sqrt(_: float, y: float) -> float:
+    return math.nan if y < 0 else math.sqrt(y)
+
+
+_ARITH: dict[str, Callable[[float, float], float]] = {
+    "add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
+    "div": _div, "sqrt": _sqrt,
+}
+
+
+def pick_nan(a: int, b: int, w: int) -> int:
+    """SSE rule: the first source operand's NaN if it is one, else the second's; quieted."""
+    return (a if _isnan(a, w) else b) | _QBIT[w]
+
+
+def fop1(name: str, a: int, b: int, w: int) -> int:
+    """One lane of ``name``: ``a`` is the first (destination) source, ``b`` the second."""
+    if name == "min":
+        return a if f2v(a, w) < f2v(b, w) else b
+    if name == "max":
+        return a if f2v(a, w) > f2v(b, w) else b
+    if (name != "sqrt" and _isnan(a, w)) or _isnan(b, w):
+        return pick_nan(a if name != "sqrt" else 0, b, w)
+    return v2f(_ARITH[name](f2v(a, w), f2v(b, w)), w)
+
+
+def fop_s(name: str, a: int, b: int, w: int) -> int:
+    """Scalar form: the low lane of ``a`` gets the result, the rest of ``a`` is kept."""
+    m = MASK[w]
+    return (a & ~m & M128) | fop1(name, a & m, b & m, w)
+
+
+def fop_p(name: str, a: int, b: int, w: int) -> int:
+    return join([fop1(name, x, y, w) for x, y in zip(lanes(a, w), lanes(b, w), strict=True)], w)
+
+
+def fcmp1(pred: int, a: int, b: int, w: int) -> int:
+    x, y = f2v(a, w), f2v(b, w)
+    un = x != x or y != y
+    r = (x == y, x < y, x <= y, un)[pred & 3]
+    if pred & 4:
+        r = not r
+    return MASK[w] if r else 0
+
+
+def fcmp_s(pred: int, a: int, b: int, w: int) -> int:
+    m = MASK[w]
+    return (a & ~m & M128) | fcmp1(pred, a & m, b & m, w)
+
+
+def fcmp_p(pred: int, a: int, b: int, w: int) -> int:
+    return join([fcmp1(pred, x, y, w) for x, y in zip(lanes(a, w), lanes(b, w), strict=True)], w)
+
+
+def comi(a: int, b: int, w: int) -> int:
+    """EFLAGS (ZF, PF, CF) of COMISx/UCOMISx; OF, SF and AF are cleared."""
+    x, y = f2v(a & MASK[w], w), f2v(b & MASK[w], w)
+    if x != x or y != y:
+        return 0x45
+    return 0x40 if x == y else (1 if x < y else 0)
+
+
+def int2f(n: int, src: int, w: int) -> int:
+    """Bits of the signed ``src``-byte integer ``n`` rounded to a float of width ``w``."""
+    n = _signed(n & MASK[src], src)
+    if w == 4:
+        m = abs(n)
+        bl = m.bit_length()
+        if bl > 24:  # round to 24 bits here: int -> binary64 -> binary32 could round twice
+            sh = bl - 24
+            q, r = m >> sh, m & ((1 << sh) - 1)
+            half = 1 << (sh - 1)
+            if r > half or (r == half and q & 1):
+                q += 1
+            m = q << sh
+        return v2f(float(-m if n < 0 else m), 4)
+    return v2f(float(n), 8)
+
+
+def f2int(a: int, w: int, size: int, trunc: bool) -> int:
+    """CVT(T)Sx2SI / CVT(T)Px2DQ lane: NaN and out-of-range give the integer indefinite."""
+    x = f2v(a & MASK[w], w)
+    ind = 1 << (8 * size - 1)
+    if not math.isfinite(x):
+        return ind
+    n = math.trunc(x) if trunc else round(x)
+    if not -ind <= n < ind:
+        return ind
+    return n & MASK[size]
+
+
+def f2f(a: int, w: int) -> int:
+    """Convert a float of width ``w`` to the other width (CVTSS2SD / CVTSD2SS lane)."""
+    a &= MASK[w]
+    if _isnan(a, w):
+        if w == 4:
+            return ((a >> 31) << 63) | 0x7FF8000000000000 | ((a & 0x3FFFFF) << 29)
+        return ((a >> 63) << 31) | 0x7FC00000 | ((a >> 29) & 0x3FFFFF)
+    return v2f(f2v(a, w), 12 - w)
+
+
+def cvt_s(kind: str, a: int, b: int) -> int:
+    """CVTSS2SD (``"sd"``) / CVTSD2SS (``"ss"``): low lane of ``a`` replaced."""
+    if kind == "sd":
+        return (a & ~M64 & M128) | f2f(b, 4)
+    return (a & ~M32 & M128) | f2f(b, 8)
+
+
+def cvt_p(kind: str, v: int) -> int:
+    """Packed conversions, named after the instruction (lower case, without 'cvt')."""
+    if kind == "dq2pd":
+        return join([int2f(x, 4, 8) for x in lanes(v, 4)[:2]], 8)
+    if kind == "dq2ps":
+        return join([int2f(x, 4, 4) for x in lanes(v, 4)], 4)
+    if kind in ("tpd2dq", "pd2dq"):
+        return join([f2int(x, 8, 4, kind[0] == "t") for x in lanes(v, 8)] + [0, 0], 4)
+    if kind in ("tps2dq", "ps2dq"):
+        return join([f2int(x, 4, 4, kind[0] == "t") for x in lanes(v, 4)], 4)
+    if kind == "pd2ps":
+        return join([f2f(x, 8) for x in lanes(v, 8)] + [0, 0], 4)
+    if kind == "ps2pd":
+        return join([f2f(x, 4) for x in lanes(v, 4)[:2]], 8)
+    raise ValueError(kind)

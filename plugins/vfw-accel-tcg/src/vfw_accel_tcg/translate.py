@@ -29,6 +29,7 @@ from .consts import (
     ZF,
 )
 from .decode import GPR, MMX, OP_IMM, OP_MEM, OP_REG, SEG, XMM, Decoder, Insn
+from .sse import COMI_IDS
 
 I = X  # noqa: E741 - short alias for instruction ids
 
@@ -262,6 +263,8 @@ class Translator:
             return CC_READS[CMOVCC[i] & ~1], 0, 0, 0
         if i in (I.X86_INS_LOOPE, I.X86_INS_LOOPNE):
             return Z, 0, 0, 0
+        if i in COMI_IDS:
+            return 0, ALL, ALL, 0
         if i in _FLAG_NEUTRAL or self._is_sse(insn):
             return 0, 0, 0, 0
         if i in STRING_OPS and STRING_OPS[i][0] not in ("cmps", "scas") \
