@@ -12,9 +12,8 @@ Needs Debian's linux-image-cloud-amd64 and busybox-static; the network part also
 iproute2 and /dev/net/tun (it skips without them, or fails under VFW_TESTS_STRICT=1). Each
 boot has a deadline (a hung guest fails the tests with the tail of its output; the whole
 output is in ``boot.log`` / ``reboot-boot.log`` in the pytest temp dir) and is killed early
-when the kernel panics. The guest script avoids busybox applets that compute in floating
-point (``timeout``, ``sleep``, ``ping``'s result only feeds an xfail test): the TCG has no
-SSE floating-point arithmetic yet and such applets die of SIGILL.
+when the kernel panics. busybox's ``ping`` computes its statistics with SSE2 floating
+point, so the ping test also checks the TCG's SSE arithmetic on a real userspace.
 """
 
 from __future__ import annotations
@@ -421,9 +420,6 @@ def test_virtio_net_sends_a_file_over_tcp_and_answers_pings(boot: Boot) -> None:
     assert data == boot.disk_data[:NET_BYTES], "the bytes sent over TCP arrived changed"
 
 
-@pytest.mark.xfail(reason="busybox ping converts with SSE2 floating point (cvtsi2sd), which "
-                          "vfw's TCG does not implement yet: it dies of SIGILL (status 132)",
-                   strict=True)
 def test_virtio_net_guest_pings_the_host(boot: Boot) -> None:
     _net_boot(boot)
     ping = boot.run.line("ping:")
