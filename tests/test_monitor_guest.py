@@ -412,6 +412,38 @@ def test_gdb_breaks_at_a_symbol_steps_and_continues_to_exit(tmp_path: Path, acce
         vm.proc.wait()
 
 
+
+class GdbClient:
+    """The GDB remote protocol's client side, bare: connect (retrying while vfw starts),
+    send a packet and read the reply's payload (acks and checksums are not checked)."""
+
+    def __init__(self, port: int, vm: Vm, timeout: float):
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and vm.proc.poll() is None
+                time.sleep(0.1)
+        self.sock.settimeout(timeout)
+        self._buf = b""
+
+    def packet(self) -> bytes:
+        while True:
+            m = re.search(rb"\$([^#]*)#([0-9a-f]{2})", self._buf)
+            if m:
+                self._buf = self._buf[m.end():]
+                return m.group(1)
+            chunk = self.sock.recv(65536)
+            assert chunk, self._buf
+            self._buf += chunk
+
+    def send(self, payload: bytes) -> bytes:
+        self.sock.sendall(b"$" + payload + b"#%02x" % (sum(payload) & 0xFF))
+        return self.packet()
+
+
 @pytest.mark.parametrize("accel", ACCELS)
 def test_gdb_interrupt_and_registers_over_the_raw_protocol(tmp_path: Path, accel: str) -> None:
     need_accel(accel)
@@ -421,32 +453,8 @@ def test_gdb_interrupt_and_registers_over_the_raw_protocol(tmp_path: Path, accel
         port = probe.getsockname()[1]
     vm = Vm(tmp_path, "-kernel", kernel, "-gdb", f"tcp:127.0.0.1:{port}", accel=accel)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and vm.proc.poll() is None
-                time.sleep(0.1)
-        s.settimeout(20)
-        buf = b""
-
-        def packet() -> bytes:
-            nonlocal buf
-            while True:
-                m = re.search(rb"\$([^#]*)#([0-9a-f]{2})", buf)
-                if m:
-                    buf = buf[m.end():]
-                    return m.group(1)
-                chunk = s.recv(65536)
-                assert chunk
-                buf += chunk
-
-        def send(payload: bytes) -> bytes:
-            s.sendall(b"$" + payload + b"#%02x" % (sum(payload) & 0xFF))
-            return packet()
-
+        gdb = GdbClient(port, vm, timeout=20)
+        s, packet, send = gdb.sock, gdb.packet, gdb.send
         assert b"qXfer:features:read+" in send(b"qSupported:multiprocess+")
         xml = send(b"qXfer:features:read:target.xml:0,ffff")
         assert xml.startswith(b"l") and b"i386:x86-64" in xml
@@ -483,32 +491,8 @@ def test_gdb_under_tcg_smp_breakpoint_on_an_ap_stops_every_vcpu(tmp_path: Path) 
     vm = Vm(tmp_path, "-kernel", kernel, "-append", "cpus=2", "-smp", "2", *DEBUG_EXIT,
             "-gdb", f"tcp:127.0.0.1:{port}", "-S", accel="tcg")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and vm.proc.poll() is None
-                time.sleep(0.1)
-        s.settimeout(60)
-        buf = b""
-
-        def packet() -> bytes:
-            nonlocal buf
-            while True:
-                m = re.search(rb"\$([^#]*)#([0-9a-f]{2})", buf)
-                if m:
-                    buf = buf[m.end():]
-                    return m.group(1)
-                chunk = s.recv(65536)
-                assert chunk, buf
-                buf += chunk
-
-        def send(payload: bytes) -> bytes:
-            s.sendall(b"$" + payload + b"#%02x" % (sum(payload) & 0xFF))
-            return packet()
-
+        gdb = GdbClient(port, vm, timeout=60)
+        s, send = gdb.sock, gdb.send
         assert send(b"Z0,8000,1") == b"OK"
         assert send(b"vCont;c").startswith(b"T05thread:02;")
         assert send(b"Hg2") == b"OK"
