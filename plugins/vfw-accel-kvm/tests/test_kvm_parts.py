@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vfw.errors import AccelError, GuestMemoryError
 from vfw_accel_kvm import kvm_api as k
 from vfw_accel_kvm import report, state
 from vfw_accel_kvm.cpuid import CpuidEntry, build_cpuid
@@ -204,3 +207,50 @@ def test_register_report_layout() -> None:
     assert lines[-2] == "EFER=0000000000000000"
     assert lines[-1] == "Code=90 <??> f4"
     assert report.code_linear_address(env) == 0xFFFFFFF0
+
+
+class _Space:
+    """An address space that records accesses; 0x1000.. is 'RAM' holding 0xAB bytes."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, int, int]] = []
+
+    def write(self, addr: int, value: int, size: int) -> None:
+        if addr + size > 1 << 64:
+            raise GuestMemoryError("wraps")
+        self.writes.append((addr, value, size))
+
+    def read(self, addr: int, size: int) -> int:
+        if addr + size > 1 << 64:
+            raise GuestMemoryError("wraps")
+        return int.from_bytes(b"\xab" * size, "little")
+
+
+def _mmio_exit(addr: int, data: bytes, length: int, is_write: int) -> Any:
+    """A KvmVcpu shell with a kvm_run page holding one MMIO exit (no /dev/kvm needed)."""
+    from vfw_accel_kvm.vcpu import KvmVcpu
+
+    vcpu = KvmVcpu.__new__(KvmVcpu)
+    run = bytearray(4096)
+    struct.pack_into("<Q8sIB", run, k.RUN_MMIO_ADDR, addr, data.ljust(8, b"\0"), length, is_write)
+    vcpu.run = run  # type: ignore[assignment]
+    return vcpu
+
+
+class _Machine:
+    def __init__(self) -> None:
+        self.address_space_memory = _Space()
+
+
+def test_odd_sized_mmio_goes_byte_by_byte_and_wrapping_reads_return_ones() -> None:
+    machine = _Machine()
+    vcpu = _mmio_exit(0x1000, b"\x01\x02\x03", 3, 1)
+    vcpu._handle_mmio(machine)
+    assert machine.address_space_memory.writes == [(0x1000, 1, 1), (0x1001, 2, 1),
+                                                   (0x1002, 3, 1)]
+    vcpu = _mmio_exit((1 << 64) - 4, b"", 8, 0)  # wraps past 2^64: no exception, all ones
+    vcpu._handle_mmio(machine)
+    assert bytes(vcpu.run[k.RUN_MMIO_DATA:k.RUN_MMIO_DATA + 8]) == b"\xff" * 8
+    vcpu = _mmio_exit(0x1000, b"", 9, 0)
+    with pytest.raises(AccelError, match="malformed MMIO exit"):
+        vcpu._handle_mmio(machine)
