@@ -15,6 +15,7 @@ from test_virtio_blk import T_FLUSH, T_IN, T_OUT, Blk
 from virtio_driver import STATUS_NEEDS_RESET
 
 from vfw.block import raw
+from vfw.testing import need
 
 pytestmark = pytest.mark.requires("vfw-board-pc")
 
@@ -29,7 +30,7 @@ def image(tmp_path: Path) -> str:
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
     except OSError:
-        pytest.skip("the temporary directory's file system has no O_DIRECT")
+        need(False, "the temporary directory's file system has no O_DIRECT")
     return str(path)
 
 
