@@ -330,7 +330,17 @@ class Gen:
         return f"mov {self.reg(size)}, {self.rm(size)}"
 
     def branch(self) -> bool:
-        if self.r.random() < 0.5:
+        x = self.r.random()
+        if x < 0.2:
+            # A call to a leaf function (the translator may follow it and its return).
+            r = self.reg(4)
+            return self.emit(f"call 1f\njmp 2f\n1: add {r}, {self.imm(4)}\nret\n2:", 0, ALL)
+        if x < 0.3 and self.bits != 16:
+            # A function that returns one byte past its call site: a followed return whose
+            # address is not the one the call pushed.
+            sp = {64: "qword ptr [rsp]", 32: "dword ptr [esp]"}[self.bits]
+            return self.emit(f"call 1f\nnop\nnop\njmp 2f\n1: add {sp}, 1\nret\n2:", 0, ALL)
+        if x < 0.6:
             r = self.reg(4)
             n = self.r.randrange(1, 6)
             cnt = {64: "ecx", 32: "ecx", 16: "cx"}[self.bits]

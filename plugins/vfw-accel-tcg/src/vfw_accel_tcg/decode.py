@@ -102,7 +102,8 @@ class Insn:
     """A decoded instruction with everything the translator needs."""
 
     __slots__ = ("addr", "addrsize", "bytes", "follow", "id", "lock", "mnem", "modrm", "next",
-                 "op_str", "opcode", "ops", "opsize", "p66", "rep", "rex", "segov", "size")
+                 "op_str", "opcode", "ops", "opsize", "p66", "rep", "ret_to", "rex", "segov",
+                 "size")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -124,6 +125,9 @@ class Insn:
         self.modrm = 0
         #: a direct jump/call whose target the translator continues with in the same block
         self.follow = False
+        #: a return from a call the block followed: where the block goes on if the address
+        #: popped is the one that call pushed (else it leaves there)
+        self.ret_to: int | None = None
 
     def __str__(self) -> str:
         return f"{self.mnem} {self.op_str}".strip()

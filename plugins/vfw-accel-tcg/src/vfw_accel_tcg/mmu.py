@@ -267,12 +267,16 @@ def phys_write(s: TcgCPU, phys: int, size: int, value: int) -> None:
 
 
 def _smc(s: TcgCPU, phys: int, size: int) -> None:
-    """A store to a page with translated code: invalidate it (precisely, if it is running)."""
+    """A store to a page with translated code: invalidate the blocks made from the bytes it
+    changes. If the running block is one of them, it stops before the store (SmcRestart)."""
+    tbc = s.tbc
+    if not tbc.hits_code(phys, size):
+        return
     cur = current_tb(s)
     if cur is not None and cur.ninsns > 1 and cur.overlaps(phys, size):
         s.smc_tb = cur
         raise SmcRestart()
-    s.tbc.invalidate_page(phys >> 12)
+    tbc.invalidate_range(phys, size)
 
 
 def current_tb(s: TcgCPU) -> TB | None:
@@ -366,8 +370,13 @@ def wr_sys(s: TcgCPU, lin: int, size: int, value: int, user: bool = False) -> No
                 _P[size](view, off, value & ((1 << (8 * size)) - 1))
             return
     else:
+        # Both pages are translated (and may fault) before any byte is written, as ``wr``
+        # does: a fault on the second page leaves the first untouched.
+        first = 4096 - off
+        p1 = fill(s, lin, WRITE, user=user)
+        p2 = fill(s, (lin + first) & s.lin_mask, WRITE, user=user)
         for i in range(size):
-            wr_sys(s, lin + i, 1, value >> (8 * i), user)
+            phys_write(s, (p1 + i) if i < first else (p2 + i - first), 1, value >> (8 * i))
         return
     phys_write(s, fill(s, lin, WRITE, user=user), size, value)
 

@@ -68,7 +68,7 @@ NS: dict[str, Any] = {
     "P32": struct.Struct("<I").pack_into, "P64": struct.Struct("<Q").pack_into,
     "LE": (KeyError, struct.error), "RD": mmu.rd, "RDW": mmu.rdw, "WR": mmu.wr,
     "CC": CC, "CFS": CFS, "FLS": FLS, "PLAIN": PLAIN, "PARITY": PARITY, "DIVU": DIVU, "DIVS": DIVS,
-    "CpuException": CpuException,
+    "CpuException": CpuException, "M64": (1 << 64) - 1, "M32": (1 << 32) - 1, "S64": 1 << 63,
     "H_STR": strings.H_STR, "H_STRIO": strings.H_STRIO,
     "RD128": sse.rd128, "WR128": sse.wr128, "SSE": sse.OPS, "PSHUFD": sse.pshufd,
     "PSHUFLW": sse.pshuflw, "PSHUFHW": sse.pshufhw, "SHUFPS": sse.shufps,

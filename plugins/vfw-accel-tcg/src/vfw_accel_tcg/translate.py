@@ -8,6 +8,7 @@ privileged ones call helpers (``helpers.py``, ``system.py``, ``strings.py``, ``s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,11 @@ from .sse import COMI_IDS
 I = X  # noqa: E741 - short alias for instruction ids
 
 MAX_INSNS = 48
+#: Pages one trace may span by following calls and jumps (each is checked again when the
+#: block is found in another address space, and a store to any of them invalidates it).
+#: One: following calls onto other pages made Linux's boot translate far more cold code
+#: (translation 38 -> 72 s, 576 MiB peak RSS, with MAX_PAGES 3; benchmarks/README.md).
+MAX_PAGES = 1
 
 # Flag masks for liveness.
 ALL = ARITH
@@ -120,6 +126,44 @@ class Block:
     meta: BlockMeta
     size: int  # guest bytes spanned by the instructions
     lo: int = 0  # where that span starts, relative to the block's RIP
+    #: the bytes the block was made from, as (start, end) relative to its RIP, merged: a
+    #: trace that jumps around its page covers much less than ``lo``..``lo + size``
+    spans: tuple[tuple[int, int], ...] = ()
+
+
+#: The masks that fill generated code, as names (runtime.NS defines them): Python compiles a
+#: name faster than a 20-digit literal (~15% of a block's compile time), and runs it as fast.
+_NAMES = {str((1 << 64) - 1): "M64", str((1 << 32) - 1): "M32", str(1 << 63): "S64"}
+_NAMED = re.compile(r"(?<![\w.])(" + "|".join(_NAMES) + r")(?![\w.])")
+
+
+def _name_of(m: re.Match[str]) -> str:
+    return _NAMES[m.group(1)]
+
+
+class CodeBytes:
+    """``fetch`` for the decoder with the rest of the page read once: decoding asks for 15
+    bytes per instruction, and each raw fetch walks the TLB and copies."""
+
+    def __init__(self, fetch: Callable[..., bytes], base: int, lin_mask: int, ipmask: int):
+        self.raw = fetch
+        self.base = base
+        self.lin_mask = lin_mask
+        self.ipmask = ipmask
+        self.buf = b""
+        self.start = 0
+
+    def __call__(self, pos: int, n: int, strict: bool = False) -> bytes:
+        rel = pos - self.start
+        if rel >= 0 and rel + n <= len(self.buf) and not strict:
+            return self.buf[rel:rel + n]
+        # The rest of this page (never past the IP's wrap), if that covers the request.
+        left = min(4096 - ((self.base + pos) & self.lin_mask & 0xFFF), self.ipmask + 1 - pos)
+        if left < n or strict:
+            return self.raw(pos, n, strict) if strict else self.raw(pos, n)
+        self.buf = self.raw(pos, left)
+        self.start = pos
+        return self.buf[:n]
 
 
 class BlockEnd(Exception):
@@ -151,20 +195,25 @@ class Translator:
         instructions and whether the last one is invalid (#UD).
 
         With ``extend``, conditional branches become side exits and direct jumps and calls
-        to the same page are followed, so a block is a trace of several basic blocks; all of
-        it lies in the page of ``rip`` (the first instruction may straddle into the next).
+        are followed (onto at most MAX_PAGES pages), so a block is a trace of several basic
+        blocks. The return of a followed call goes on after that call (``ret_to``): the block
+        checks the address it pops and leaves if it is another. No instruction of a trace
+        crosses a page end, except a first instruction that straddles two pages.
         """
         insns: list[Insn] = []
         pos = rip
         ipmask = self.dec.ipmask
         base = self.mode.cs_base
-        page = (base + rip) & ~0xFFF
+        lin_mask = self.lin_mask
+        page = (base + rip) & lin_mask & ~0xFFF  # of the instruction at ``pos``
+        used = {page}  # the pages the trace is on
         seen: set[int] = set()
+        rets: list[int] = []  # return addresses pushed by the calls followed so far
         stop_at = self.stop_at
         while len(insns) < max_insns:
             if stop_at and insns and ((base + pos) & self.lin_mask) in stop_at:
                 break  # a breakpoint starts its own block, where the dispatcher stops
-            page_left = page + 4096 - ((base + pos) & self.lin_mask)
+            page_left = page + 4096 - ((base + pos) & lin_mask)
             code = fetch(pos, 15)
             insn = self.dec.decode(code, pos)
             if insn is None:
@@ -194,10 +243,25 @@ class Translator:
                 if i in (I.X86_INS_JMP, I.X86_INS_CALL) and insn.ops \
                         and insn.ops[0].kind == OP_IMM:
                     target = self._target(insn)
-                    if (target != rip and target not in seen
-                            and ((base + target) & self.lin_mask) & ~0xFFF == page):
+                    # A call may enter code the trace has seen (a helper called twice);
+                    # a jump there would be a loop.
+                    tpage = (base + target) & lin_mask & ~0xFFF
+                    if (target != rip and (target not in seen or i == I.X86_INS_CALL)
+                            and (tpage in used or len(used) < MAX_PAGES)):
                         insn.follow = True
+                        if i == I.X86_INS_CALL:
+                            rets.append(insn.next)
                         pos = target
+                        page = tpage
+                        used.add(page)
+                        continue
+                    break
+                if i == I.X86_INS_RET and rets:
+                    back = rets.pop()
+                    if back not in seen:
+                        insn.ret_to = back
+                        pos = back
+                        page = (base + back) & lin_mask & ~0xFFF  # the call's page
                         continue
                     break
             if i in ENDS_BLOCK or self._ends(insn):
@@ -292,6 +356,7 @@ class Translator:
     # -- translation ----------------------------------------------------------------------------
     def translate(self, fetch: Callable[[int, int], bytes], rip: int, max_insns: int = 0,
                   allow_loop: bool = True) -> Block:
+        fetch = CodeBytes(fetch, self.mode.cs_base, self.lin_mask, self.dec.ipmask)
         insns, invalid = self.decode_block(fetch, rip, max_insns or MAX_INSNS,
                                            extend=allow_loop and max_insns != 1)
         n = len(insns)
@@ -304,8 +369,8 @@ class Translator:
         live = ALL
         infos = [self.flag_info(x) for x in insns]
         for k in range(n - 1, -1, -1):
-            if k < n - 1 and self._branch_target(insns[k]) is not None \
-                    and not insns[k].follow:
+            if k < n - 1 and ((self._branch_target(insns[k]) is not None
+                               and not insns[k].follow) or insns[k].ret_to is not None):
                 live = ALL
             live_after[k] = live
             reads, wdef, wmay, passthru = infos[k]
@@ -382,9 +447,7 @@ class Translator:
             cg.cur = len(cg.rips)
             cg.fk_at.append(-1 if cg.fcur is None else cg.fcur)
             cg.inline_at.append(True)
-            pos = insns[-1].next if insns else rip
-            if insns and insns[-1].follow:
-                pos = self._target(insns[-1])
+            pos = self._after(insns[-1]) if insns else rip
             cg.rips.append(pos)
             if self.unimp_log is not None:
                 self.unimp_log(f"tcg: invalid or unsupported opcode at {pos:#x}: "
@@ -393,8 +456,14 @@ class Translator:
             ended = True
         if not ended:
             last_insn = insns[-1]
-            cg.exit(str(self._target(last_insn) if last_insn.follow else last_insn.next))
+            cg.exit(str(self._after(last_insn)))
         return cg
+
+    def _after(self, insn: Insn) -> int:
+        """Where the block goes on after ``insn`` when that is its last instruction."""
+        if insn.ret_to is not None:
+            return insn.ret_to
+        return self._target(insn) if insn.follow else insn.next
 
     def _branch_target(self, insn: Insn) -> int | None:
         i = insn.id
@@ -456,14 +525,26 @@ class Translator:
             budget = max(4, LOOP_BUDGET // (len(insns) + 16 * heavy))
             head += [f"    n = {budget}", "    while True:"]
         body = [ln.replace(FLUSH, flush).replace(RELOAD, reload) for ln in cg.lines]
-        source = "\n".join(head + body) + "\n"
+        source = _NAMED.sub(_name_of, "\n".join(head + body) + "\n")
         n = len(cg.rips)
         meta = BlockMeta(tuple([0] * len(head) + cg.line_insn), tuple(cg.rips),
                          tuple(cg.inline_at[:n]), tuple(cg.fk_at[:n]), tuple(written))
-        lo = min((x.addr for x in insns + self.dup_insns), default=rip)
-        hi = max((x.addr + x.size for x in insns + self.dup_insns), default=rip)
+        every = insns + self.dup_insns
+        lo = min((x.addr for x in every), default=rip)
+        hi = max((x.addr + x.size for x in every), default=rip)
+        spans: list[tuple[int, int]] = []
+        ranges = [(x.addr - rip, x.addr - rip + x.size) for x in every]
+        if invalid:  # its first byte, so that writing a valid opcode there retranslates
+            pos = self._after(insns[-1]) if insns else rip
+            ranges.append((pos - rip, pos - rip + 1))
+        for a, b in sorted(ranges):
+            if spans and a <= spans[-1][1]:
+                if b > spans[-1][1]:
+                    spans[-1] = (spans[-1][0], b)
+            else:
+                spans.append((a, b))
         return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns, meta,
-                     hi - lo, lo - rip)
+                     hi - lo, lo - rip, tuple(spans) or ((0, 1),))
 
     # -- small helpers for emitters ------------------------------------------------------------
     def live(self) -> int:
@@ -740,8 +821,7 @@ class Translator:
         cg.rset(4, 8, f"({a} + {8 * m}) & {M64}")
         cg.dedent()
         if last.id == I.X86_INS_RET:
-            cg.exit(names[-1])
-            raise BlockEnd()
+            self.ret_exit(names[-1], last)
 
     def sp_size(self) -> int:
         return self.mode.stack_size
@@ -1588,8 +1668,19 @@ class Translator:
             sw = self.sp_size()
             cg.emit(f"{nsp} = ({nsp} + {insn.ops[0].imm & M16}) & {MASK[sw]}")
         cg.rset(4, self.sp_size(), nsp)
+        self.ret_exit(v, insn)
+
+    def ret_exit(self, v: str, insn: Insn) -> None:
+        """Leave the block to the popped address ``v``; a followed call's return goes on
+        in the block when ``v`` is the address that call pushed."""
+        cg = self.cg
+        if insn.ret_to is None or self.in_dup:
+            cg.exit(v)
+            raise BlockEnd()
+        cg.emit(f"if {v} != {insn.ret_to}:")
+        cg.indent()
         cg.exit(v)
-        raise BlockEnd()
+        cg.dedent()
 
     def e_loop(self, insn: Insn) -> None:
         cg = self.cg
@@ -1749,13 +1840,15 @@ class Translator:
 
 #: Instructions a side exit may copy from its target (plain register/memory work and the
 #: branch or return that ends the copy), at most DUP_MAX per exit, DUP_TOTAL per block.
+#: Eight fits the "skip ahead, then continue" paths of byte-decoding loops in Linux (a
+#: ULEB128-style loop ran as two blocks per iteration with four).
 DUP_IDS = {
     I.X86_INS_MOV, I.X86_INS_MOVZX, I.X86_INS_MOVSX, I.X86_INS_MOVSXD, I.X86_INS_LEA,
     I.X86_INS_INC, I.X86_INS_DEC, I.X86_INS_NEG, I.X86_INS_NOT, I.X86_INS_PUSH,
     I.X86_INS_POP, I.X86_INS_RET, I.X86_INS_JMP, I.X86_INS_CALL, I.X86_INS_NOP,
     I.X86_INS_SHL, I.X86_INS_SHR, I.X86_INS_SAR,
 } | set(ALU) | set(JCC) | set(CMOVCC) | set(SETCC)
-DUP_MAX, DUP_TOTAL = 4, 16
+DUP_MAX, DUP_TOTAL = 8, 24
 
 _FLAG_NEUTRAL = {
     I.X86_INS_MOV, I.X86_INS_MOVABS, I.X86_INS_MOVZX, I.X86_INS_MOVSX, I.X86_INS_MOVSXD,

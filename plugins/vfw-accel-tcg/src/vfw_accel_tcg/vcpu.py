@@ -307,18 +307,23 @@ class TcgCPU:
                 index[vpage] = [ent]
             else:
                 lst.append(ent)
-            if len(tb.pages) > 1:
-                nxt = ((vpage + 1) << 12 & self.lin_mask) >> 12
-                index.setdefault(nxt, []).append(ent)
+            for lp in set(tb.lpages):  # an INVLPG of any page of the block drops it
+                if lp != vpage:
+                    index.setdefault(lp, []).append(ent)
         return tb.fn
 
     def _verify(self, tb: TB, lin: int) -> bool:
-        for i, (ppage, off, data) in enumerate(tb.pages):
-            if i:  # the second page of a block whose first instruction straddles pages
-                vpage = ((lin & ~0xFFF) + 4096 & self.lin_mask) >> 12
-                pp = self.xt.get(vpage)
+        """Whether a block found by physical address still holds here: its other pages map
+        to the same physical pages in this address space, and its bytes are unchanged."""
+        first = lin >> 12
+        for (ppage, off, data), lp in zip(tb.pages, tb.lpages, strict=True):
+            if lp != first:
+                pp = self.xt.get(lp)
                 if pp is None:
-                    pp = mmu.fill(self, vpage << 12, mmu.EXEC) >> 12
+                    try:
+                        pp = mmu.fill(self, lp << 12, mmu.EXEC) >> 12
+                    except CpuException:
+                        return False  # translated again, it ends before that page
                 if pp != ppage:
                     return False
             views = mmu.page_views(self, ppage)
@@ -371,20 +376,25 @@ class TcgCPU:
 
         block = tr.translate(fetch, rip, 1 if cflags & CF_ONE else 0,
                              allow_loop=not cflags)
-        # Record the exact guest bytes the block covers, per physical page.
+        # The exact guest bytes the block was made from (a trace skips over parts of its
+        # pages and may follow calls onto others), per run within a page.
         recorded: list[tuple[int, int, bytes]] = []
-        start = (lin + block.lo) & lin_mask
-        remaining = max(block.size, 1)
-        while remaining > 0:
-            vpage = start >> 12
-            off = start & 0xFFF
-            take = min(remaining, 4096 - off)
-            pp = pages[vpage][0] if vpage in pages else phys >> 12
-            views = mmu.page_views(self, pp)
-            data = bytes(views[0][off:off + take]) if views is not None else b""
-            recorded.append((pp, off, data))
-            remaining -= take
-            start = (start + take) & lin_mask
+        lpages: list[int] = []
+        for a, b in block.spans:
+            pos = (lin + a) & lin_mask
+            left = b - a
+            while left > 0:
+                vpage = pos >> 12
+                off = pos & 0xFFF
+                take = min(left, 4096 - off)
+                ent = pages.get(vpage)
+                pp = ent[0] if ent is not None else phys >> 12
+                views = mmu.page_views(self, pp)
+                data = bytes(views[0][off:off + take]) if views is not None else b""
+                recorded.append((pp, off, data))
+                lpages.append(vpage)
+                left -= take
+                pos = (pos + take) & lin_mask
         if log.enabled("in_asm"):
             lines = [f"IN: (tcg, {mode.bits}-bit)"]
             lines += [f"0x{(mode.cs_base + x.addr) & lin_mask:016x}:  {tr.dec.describe(x)}"
@@ -395,7 +405,7 @@ class TcgCPU:
         code = compile(block.source, f"<tcg {block.name}>", "exec")
         ns: dict[str, Any] = {}
         exec(code, NS, ns)
-        tb = TB(key, ns["tb"], block.ninsns, block.size, recorded, block.meta)
+        tb = TB(key, ns["tb"], block.ninsns, block.size, recorded, block.meta, lpages)
         self.tbc.add(tb, len(block.source))
         return tb
 
@@ -484,8 +494,7 @@ class TcgCPU:
                 tb = self.smc_tb
                 self.smc_tb = None
                 if tb is not None:
-                    for ppage, _off, _data in tb.pages:
-                        self.tbc.invalidate_page(ppage)
+                    # The store, run again alone, invalidates whatever else it changes.
                     self.tbc.invalidate(tb)
                 try:
                     self.run_one()
