@@ -136,7 +136,8 @@ class DriverQueue:
     chains: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.free = list(range(self.size))
+        # Popped in ascending order, like a fresh Linux ring (desc[i].next = i + 1).
+        self.free = list(range(self.size - 1, -1, -1))
 
     def write_desc(self, i: int, addr: int, length: int, flags: int, nxt: int) -> None:
         self.guest.pack(_DESC, self.desc + 16 * i, addr, length, flags, nxt)
@@ -201,6 +202,19 @@ class DriverQueue:
             slot = 0
         self.last_used = end
         return out
+
+    def reap_flat(self) -> tuple[int, ...]:
+        """:meth:`reap` as one flat tuple (head, length, head, length, ...): the used ring
+        read with one load each side of the wrap, no tuple per element (the benchmarks)."""
+        end = self.used_idx()
+        n = (end - self.last_used) & 0xFFFF
+        slot = self.last_used % self.size
+        self.last_used = end
+        k = min(n, self.size - slot)
+        flat = self.guest.unpack(_structs(f"<{2 * k}I"), self.used + 4 + 8 * slot)
+        if n > k:
+            flat += self.guest.unpack(_structs(f"<{2 * (n - k)}I"), self.used + 4)
+        return flat
 
     def put_avail(self, head: int) -> None:
         self.guest.pack(_U16, self.avail + 4 + 2 * (self.avail_idx % self.size), head)

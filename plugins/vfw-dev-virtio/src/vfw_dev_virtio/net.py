@@ -16,6 +16,7 @@ The offloads the tap may deliver follow the guest's GUEST_* features.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import struct
@@ -90,6 +91,8 @@ class VirtioNet(VirtioDevice):
         #: One bound method, so that set_reader sees the same callback and does not
         #: re-register the tap with the main loop on every rx kick.
         self._rx_callback = self._rx_ready
+        #: read(2) into guest buffers on the back end's fd (made when the fd is first read).
+        self._reader: io.FileIO | None = None
 
     def queue_sizes(self) -> list[int]:
         return list(self.sizes)
@@ -163,9 +166,10 @@ class VirtioNet(VirtioDevice):
         self._transmit(index)
 
     def _transmit(self, index: int) -> None:
-        """Send everything the driver made available, in batches (:meth:`VirtQueue.pop_batch`):
-        one ``writev`` per frame straight from guest RAM, one used.idx update per batch, at
-        most one interrupt for all of it."""
+        """Send everything the driver made available, in batches
+        (:meth:`VirtQueue.pop_batch_single`): one ``write``/``writev`` per frame straight
+        from guest RAM, one used.idx update per batch, at most one interrupt for all of
+        it."""
         q = self.transport.virtqueue(index)
         backend = self.backend
         fd = backend.fd if backend is not None and self.link_up else -1
@@ -173,36 +177,60 @@ class VirtioNet(VirtioDevice):
         budget = 2 * q.size  # bounded: a driver may keep adding from another vCPU
         pushed = False
         while budget > 0:
-            chains = q.pop_batch(budget)
+            # One-descriptor frames come flat (head, view, offset, length): no list, no
+            # view made until the write.
+            chains = q.pop_batch_single(budget, False)
             if not chains:
                 break
             budget -= len(chains)
             done: list[tuple[int, int]] = []
             append = done.append
-            sent = 0
+            dropped = 0
+            chain: Any
             try:
-                for head, out, _in, out_len, _in_len in chains:
+                for chain in chains:
                     # The 12-byte virtio_net_hdr (VERSION_1 layout) is what the tap takes in
                     # front of each frame (TUNSETVNETHDRSZ 12): it goes out as the guest wrote
                     # it, the tap checks its flags and GSO fields.
-                    if out_len < HDR_LEN:
+                    try:
+                        head, view, off, length = chain
+                    except ValueError:  # a Chain: any other layout
+                        head, out, _in, length, _in_len = chain
+                        if length < HDR_LEN:
+                            raise VirtqueueError("virtio-net: tx buffer shorter than the "
+                                                 "header") from None
+                        if fd >= 0:
+                            try:
+                                if len(out) == 1:
+                                    write(fd, out[0])
+                                else:
+                                    writev(fd, out)
+                            except OSError as exc:
+                                dropped += 1
+                                if exc.errno not in (errno.EAGAIN, errno.EIO, errno.EINVAL):
+                                    log.warning("virtio-net: tap write: %s", exc)
+                        else:
+                            dropped += 1
+                        append((head, 0))
+                        continue
+                    if length < HDR_LEN:
                         raise VirtqueueError("virtio-net: tx buffer shorter than the header")
                     if fd >= 0:
                         try:
-                            if len(out) == 1:
-                                write(fd, out[0])
-                            else:
-                                writev(fd, out)
-                            sent += 1
+                            write(fd, view[off:off + length])
                         except OSError as exc:
-                            self.tx_dropped += 1
+                            dropped += 1
                             if exc.errno not in (errno.EAGAIN, errno.EIO, errno.EINVAL):
                                 log.warning("virtio-net: tap write: %s", exc)
+                    else:
+                        dropped += 1
                     append((head, 0))
             finally:
                 # What was sent goes back to the driver, also when a later chain of the
                 # batch broke the device.
-                self.tx_frames += sent
+                if fd >= 0:
+                    self.tx_dropped += dropped
+                self.tx_frames += len(done) - dropped
                 if done:
                     q.push_batch(done)
                     pushed = True
@@ -221,9 +249,10 @@ class VirtioNet(VirtioDevice):
 
     def _receive(self) -> None:
         """Move the frames the tap has ready (at most BATCH) into the buffers the driver
-        posted: chains are walked a chunk at a time (:meth:`VirtQueue.pop_batch`), each
-        filled by one non-blocking ``readv`` straight into guest RAM; the chains left over
-        when the tap runs dry are given back. One used.idx update, at most one interrupt."""
+        posted: chains are walked a chunk at a time (:meth:`VirtQueue.pop_batch_single`),
+        each filled by one non-blocking read straight into guest RAM (``readinto`` for a
+        one-descriptor buffer, ``readv`` otherwise); the chains left over when the tap runs
+        dry are given back. One used.idx update, at most one interrupt."""
         if not self._can_receive():
             self._update_polling()
             return
@@ -235,6 +264,11 @@ class VirtioNet(VirtioDevice):
             return
         fd = backend.fd
         readv = os.readv
+        reader = self._reader
+        if reader is None or reader.fileno() != fd:
+            # read(2) straight into a guest buffer: cheaper than os.readv (no iovec list).
+            reader = self._reader = io.FileIO(fd, "r", closefd=False)
+        readinto = reader.readinto
         done: list[tuple[int, int]] = []
         append = done.append
         # The first chunk: one chain more than frames came last time (they tend to arrive in
@@ -242,33 +276,53 @@ class VirtioNet(VirtioDevice):
         # then small chunks, doubling, so that few chains are walked for nothing.
         chunk = self._rx_chunk
         first_chunk = True
+        chain: Any
         try:
             while len(done) < BATCH:
-                chains = q.pop_batch(min(chunk, BATCH - len(done)))
+                # One-descriptor buffers come flat (head, view, offset, length).
+                chains = q.pop_batch_single(min(chunk, BATCH - len(done)), True)
                 if not chains:
                     backend.set_reader(None)  # until the driver posts buffers
                     break
                 used = 0
-                for head, out, in_, _out_len, in_len in chains:
-                    if in_len < HDR_LEN or out:
-                        raise VirtqueueError("virtio-net: rx buffer shorter than the header "
-                                             "or device-readable")
+                for chain in chains:
                     try:
-                        n = readv(fd, in_)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        log.warning("virtio-net: tap read: %s", exc)
-                        break
-                    # num_buffers (u16 at offset 10 of the header) = 1: the tap skips it.
-                    first = in_[0]
-                    if len(first) >= HDR_LEN:
-                        first[10] = 1
-                        first[11] = 0
+                        head, view, off, in_len = chain
+                    except ValueError:  # a Chain: any other layout
+                        head, out, in_, _out_len, in_len = chain
+                        if in_len < HDR_LEN or out:
+                            raise VirtqueueError("virtio-net: rx buffer shorter than the "
+                                                 "header or device-readable") from None
+                        try:
+                            n = readv(fd, in_)
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            log.warning("virtio-net: tap read: %s", exc)
+                            break
+                        # num_buffers (u16 at offset 10 of the header) = 1: the tap skips it.
+                        first = in_[0]
+                        if len(first) >= HDR_LEN:
+                            first[10] = 1
+                            first[11] = 0
+                        else:
+                            _set_num_buffers(in_)
                     else:
-                        _set_num_buffers(in_)
-                    # A frame longer than the buffer is cut (readv returns what it copied);
-                    # the used length never exceeds the buffer whatever the back end says.
+                        if in_len < HDR_LEN:
+                            raise VirtqueueError("virtio-net: rx buffer shorter than the "
+                                                 "header or device-readable")
+                        try:
+                            n = readinto(view[off:off + in_len])
+                        except OSError as exc:
+                            log.warning("virtio-net: tap read: %s", exc)
+                            break
+                        if n is None:  # EAGAIN: the tap is empty
+                            break
+                        view[off + 10] = 1  # num_buffers = 1
+                        view[off + 11] = 0
+                    # A frame longer than the buffer is cut (the read returns what it
+                    # copied); the used length never exceeds the buffer whatever the back
+                    # end says.
                     append((head, n if n <= in_len else in_len))
                     used += 1
                 if used < len(chains):

@@ -10,14 +10,17 @@ protocol raises :class:`VirtqueueError`; the transport then marks the device
 DEVICE_NEEDS_RESET and stops touching the queue (QEMU's virtio_error).
 
 Buffers come back as memoryviews of guest RAM (``AddressSpace.ram_views``), ready for
-``os.preadv``/``os.pwritev`` without a copy.
+``os.preadv``/``os.pwritev`` without a copy. The common layouts have flat forms that skip
+making views and lists (``pop_batch_flat``: three consecutive descriptors, a block request;
+``pop_batch_single``: one descriptor, a network frame or rx buffer): the same checks, done
+on the values read once, with anything unusual left to the general walk.
 """
 
 from __future__ import annotations
 
 import struct
 from itertools import chain as _itertools_chain
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vfw.errors import GuestMemoryError
 
@@ -37,6 +40,8 @@ VIRTQUEUE_MAX_SIZE = 1024
 MAX_CHAIN_BYTES = 1 << 32
 
 _DESC = struct.Struct("<QIHH")
+#: Three consecutive descriptors, flags and next of each as one u32 (the third's next skipped).
+_DESC3 = struct.Struct("<QIIQIIQIH2x")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 
@@ -88,6 +93,27 @@ class Element:
 
 #: A popped chain as :meth:`VirtQueue.pop_batch` returns it: (head, out, in_, out_len, in_len).
 Chain = tuple[int, list[memoryview], list[memoryview], int, int]
+#: A checked three-descriptor chain as :meth:`VirtQueue.pop_batch_flat` may return it:
+#: (head, RAM section view, off0, off1, len1, off2, non-zero if buffer 1 is WRITE). Buffer
+#: 0 (len0 bytes) is readable, buffer 2 (len2 bytes) writable, all three non-empty and
+#: inside the view.
+Flat3 = tuple[int, memoryview, int, int, int, int, int]
+
+
+#: A checked one-descriptor chain as :meth:`VirtQueue.pop_batch_single` may return it:
+#: (head, RAM section view, offset, length), non-empty, inside the view, in the direction
+#: asked for.
+Flat1 = tuple[int, memoryview, int, int]
+
+
+def flat3_chain(e: Flat3, len0: int, len2: int) -> Chain:
+    """The :data:`Chain` form of a :data:`Flat3` popped with ``len0``/``len2``."""
+    head, view, o0, o1, l1, o2, write1 = e
+    l0, l2 = len0, len2
+    v0, v1, v2 = view[o0:o0 + l0], view[o1:o1 + l1], view[o2:o2 + l2]
+    if write1:
+        return head, [v0], [v1, v2], l0, l1 + l2
+    return head, [v0, v1], [v2], l0 + l1, l2
 
 
 def vring_need_event(event: int, new: int, old: int) -> bool:
@@ -150,6 +176,12 @@ class VirtQueue:
             return f"queue {self.index}: ring outside guest RAM ({exc})"
         self.mem = mem
         self._desc, self._avail, self._used = desc, avail, used
+        # The walker's section cache starts with the RAM the rings are in (buffers usually
+        # are too); only a hint: every buffer is still checked against it.
+        found = mem.ram_section_at(self.desc_addr)
+        if found is not None:
+            start, size, view = found
+            self._section = (mem.generation, start, start + size, view)
         self.event_idx, self.indirect = event_idx, indirect
         self.last_avail_idx = 0
         self.used_idx = 0
@@ -190,18 +222,49 @@ class VirtQueue:
         A bad chain raises VirtqueueError; when good chains precede it in the batch, those
         are returned and the error is raised by the next call (the device completes them,
         then goes to DEVICE_NEEDS_RESET)."""
+        return self._pop_batch(limit)
+
+    def pop_batch_flat(self, limit: int, len0: int, len2: int) -> list[Chain | Flat3]:
+        """:meth:`pop_batch`, except that a chain of three consecutive direct descriptors
+        (``head``, ``head + 1``, ``head + 2``: a fresh Linux ring, a driver's fixed request
+        slots) laid out as readable | readable or writable | writable, of ``len0``, any
+        non-zero length and ``len2`` bytes, inside one RAM section, comes as a
+        :data:`Flat3` (one 7-tuple) instead: the RAM section's view and the buffers'
+        offsets in it, every check of the general walk done, no view or list made. A
+        request device (virtio-blk: header, data, status) then slices only what it hands to
+        a syscall. Tell them apart by ``len()`` (7 vs 5); :func:`flat3_chain` turns a Flat3
+        into a Chain."""
+        if len0 <= 0 or len2 <= 0:
+            raise ValueError("pop_batch_flat: buffer lengths must be positive")
+        return self._pop_batch(limit, len0, len2)
+
+    def pop_batch_single(self, limit: int, write: bool) -> list[Chain | Flat1]:
+        """:meth:`pop_batch`, except that a chain of one direct, non-empty descriptor inside
+        one RAM section, device-writable if ``write`` else device-readable (a network frame,
+        an rx buffer), comes as a :data:`Flat1` (head, RAM section view, offset, length),
+        every check of the general walk done, no view or list made. Tell them apart by
+        ``len()`` (4 vs 5)."""
+        return self._pop_batch(limit, single=2 if write else 0)
+
+    def _pop_batch(self, limit: int, len0: int = 0, len2: int = 0,
+                   single: int = -1) -> list[Any]:
         if self._deferred_error is not None:
             err, self._deferred_error = self._deferred_error, None
             raise err
-        n = self.pending()
+        # pending() and _refresh_section(), inlined: this runs once per batch.
+        avail = self._avail
+        if avail is None or not self.enabled or self._desc is None:
+            return []
+        size = self.size
+        first = self.last_avail_idx
+        n = (_U16.unpack_from(avail, 2)[0] - first) & 0xFFFF
+        if n > size:
+            raise VirtqueueError(f"queue {self.index}: avail.idx moved {n} entries ahead of "
+                                 f"{first} (queue size {size})")
         if n == 0 or limit <= 0:
             return []
         if n > limit:
             n = limit
-        avail = self._avail
-        assert avail is not None
-        size = self.size
-        first = self.last_avail_idx
         slot = first & (size - 1)  # size is a power of 2 (checked by enable)
         if slot + n <= size:
             heads = _u16s(n).unpack_from(avail, 4 + 2 * slot)
@@ -209,14 +272,17 @@ class VirtQueue:
             k = size - slot
             heads = (_u16s(k).unpack_from(avail, 4 + 2 * slot)
                      + _u16s(n - k).unpack_from(avail, 4))
-        self._refresh_section()
+        cache = self._section
+        if cache is not None:
+            mem = self.mem
+            assert mem is not None
+            if cache[0] != mem.generation:  # the memory map changed: drop the cached section
+                cache = self._section = None
         # The walk of _walk, inlined for the common direct chain (one call per batch, not
         # per chain); indirect chains go through _walk. Same checks in the same order.
         desc = self._desc
-        assert desc is not None
         qi = self.index
         unpack = _DESC.unpack_from
-        cache = self._section
         if cache is None:
             sstart = send = 0
             sview: memoryview | None = None
@@ -224,14 +290,45 @@ class VirtQueue:
         else:
             _gen, sstart, send, sview = cache
             swritable = not sview.readonly
-        elems: list[Chain] = []
+        elems: list[Any] = []
         append = elems.append
         bound = range(size)
+        big = size >= 3  # room for three distinct descriptors
+        # Heads below this get the flat three-descriptor path (see pop_batch_flat).
+        last3 = size - 2 if len0 and swritable else 0
+        unpack3 = _DESC3.unpack_from
+        max1 = MAX_CHAIN_BYTES - len0 - len2
         try:
             for head in heads:
-                if head >= size:
-                    raise VirtqueueError(f"queue {qi}: head index {head} >= size {size}")
-                addr, length, flags, nxt = unpack(desc, head << 4)
+                if head < last3:  # flat, and head + 2 is inside the table: read all three
+                    # flags and next of each descriptor as one u32 (flags | next << 16).
+                    addr, length, fn0, a1, l1, fn1, a2, l2, f2 = unpack3(desc, head << 4)
+                    # Exact flags: NEXT to head + 1; NEXT, or WRITE|NEXT, to head + 2 (only
+                    # x = 0x20001 and 0x20003 have x | 2 == 0x20003); WRITE. Nothing else
+                    # set, so no INDIRECT, no readable after writable, and the chain ends
+                    # at head + 2 (three distinct descriptors: no loop, size >= 3; head <
+                    # last3 <= size - 2 is in range). The lengths asked for; l1 non-zero
+                    # and small enough that the chain stays under MAX_CHAIN_BYTES.
+                    k = head << 16
+                    if (fn0 - k == 0x10001 and (fn1 - k) | 2 == 0x20003 and f2 == 2
+                            and length == len0 and l2 == len2 and 0 < l1 <= max1
+                            and swritable):
+                        o0 = addr - sstart
+                        o1 = a1 - sstart
+                        o2 = a2 - sstart
+                        if (o0 >= 0 and addr + length <= send and o1 >= 0
+                                and a1 + l1 <= send and o2 >= 0 and a2 + l2 <= send):
+                            append((head, sview, o0, o1, l1, o2, fn1 & 2))
+                            continue
+                    # Anything else: the paths below, with descriptor 0 as read here (the
+                    # others are read again there and checked as read; nothing read here
+                    # was used).
+                    flags = fn0 & 0xFFFF
+                    nxt = fn0 >> 16
+                else:
+                    if head >= size:
+                        raise VirtqueueError(f"queue {qi}: head index {head} >= size {size}")
+                    addr, length, flags, nxt = unpack(desc, head << 4)
                 if not flags & 5 and length:
                     # One direct descriptor, neither NEXT nor INDIRECT (a network frame, an
                     # rx buffer): inside the cached section, and writable if WRITE, it needs
@@ -239,11 +336,52 @@ class VirtQueue:
                     off = addr - sstart
                     if off >= 0 and addr + length <= send and (swritable or not flags & 2):
                         assert sview is not None
+                        if flags & 2 == single:  # pop_batch_single: the direction asked for
+                            append((head, sview, off, length))
+                            continue
                         if flags & 2:
                             append((head, [], [sview[off:off + length]], 0, length))
                         else:
                             append((head, [sview[off:off + length]], [], length, 0))
                         continue
+                elif flags == 1 and length and nxt < size and nxt != head and big:
+                    # A request of two or three direct descriptors, unrolled (a block
+                    # request: header, data, status; a frame behind a separate header).
+                    # Only exact flag values and non-empty buffers inside the cached
+                    # section, writable where WRITE, are taken here; anything else falls
+                    # through to the general walk below, which re-reads descriptors 1 and
+                    # 2 and checks whatever it reads (nothing read here was used). At
+                    # most three distinct descriptors (size >= 3), so no loop.
+                    a1, l1, f1, n1 = unpack(desc, nxt << 4)
+                    o0 = addr - sstart
+                    o1 = a1 - sstart
+                    if (o0 >= 0 and addr + length <= send and l1 and o1 >= 0
+                            and a1 + l1 <= send):
+                        assert sview is not None
+                        if f1 == 3 or f1 == 1:  # NEXT: a third descriptor, WRITE only
+                            if n1 < size and n1 != head and n1 != nxt and swritable:
+                                a2, l2, f2, _n2 = unpack(desc, n1 << 4)
+                                o2 = a2 - sstart
+                                if (f2 == 2 and l2 and o2 >= 0 and a2 + l2 <= send
+                                        and length + l1 + l2 <= MAX_CHAIN_BYTES):
+                                    if f1 == 3:
+                                        append((head, [sview[o0:o0 + length]],
+                                                [sview[o1:o1 + l1], sview[o2:o2 + l2]],
+                                                length, l1 + l2))
+                                    else:
+                                        append((head, [sview[o0:o0 + length],
+                                                       sview[o1:o1 + l1]],
+                                                [sview[o2:o2 + l2]], length + l1, l2))
+                                    continue
+                        elif length + l1 <= MAX_CHAIN_BYTES:
+                            if f1 == 2 and swritable:
+                                append((head, [sview[o0:o0 + length]], [sview[o1:o1 + l1]],
+                                        length, l1))
+                                continue
+                            if f1 == 0:
+                                append((head, [sview[o0:o0 + length], sview[o1:o1 + l1]], [],
+                                        length + l1, 0))
+                                continue
                 if flags & VRING_DESC_F_INDIRECT:
                     e = self._walk(head)
                     append((head, e.out, e.in_, e.out_len, e.in_len))

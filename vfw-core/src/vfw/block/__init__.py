@@ -99,6 +99,11 @@ class BlockDriver(Object):
         self.length = 0
         #: The aio=threads pool run_batch hands blocking I/O to (None: run inline).
         self.pool: IOThreadPool | None = None
+        #: A host descriptor on which ``os.preadv``/``os.pwritev`` at the disk's byte offset
+        #: do what :meth:`preadv`/:meth:`pwritev` do for any buffers (no format mapping, no
+        #: alignment rule), except that a short transfer must be completed by those methods;
+        #: -1 when there is none. A device's hot path may use it to save a call per request.
+        self.plain_fd = -1
 
     @classmethod
     def probe(cls, header: bytes, path: str) -> int:

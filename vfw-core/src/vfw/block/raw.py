@@ -100,6 +100,8 @@ class RawDriver(BlockDriver):
             self.fd = -1
             raise BackendError(f"'{path}' is not a file or block device")
         self._is_file = stat.S_ISREG(st.st_mode)
+        # O_DIRECT requests may need the fallback descriptor (EINVAL): not plain.
+        self.plain_fd = -1 if self.direct else self.fd
 
     def set_aio(self, aio: str) -> None:
         """``aio=threads``: blocking I/O of a batch goes to the shared thread pool."""
@@ -216,6 +218,7 @@ class RawDriver(BlockDriver):
             pos += n
 
     def close(self) -> None:
+        self.plain_fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
