@@ -133,12 +133,15 @@ class Block:
 
 #: The masks that fill generated code, as names (runtime.NS defines them): Python compiles a
 #: name faster than a 20-digit literal (~15% of a block's compile time), and runs it as fast.
-_NAMES = {str((1 << 64) - 1): "M64", str((1 << 32) - 1): "M32", str(1 << 63): "S64"}
-_NAMED = re.compile(r"(?<![\w.])(" + "|".join(_NAMES) + r")(?![\w.])")
+#: (One pass per name with a plain replacement string: a Python callback per match cost more.)
+_NAMED = [(re.compile(r"(?<![\w.])" + str(value) + r"(?![\w.])"), name)
+          for value, name in (((1 << 64) - 1, "M64"), ((1 << 32) - 1, "M32"), (1 << 63, "S64"))]
 
 
-def _name_of(m: re.Match[str]) -> str:
-    return _NAMES[m.group(1)]
+def _named(source: str) -> str:
+    for pattern, name in _NAMED:
+        source = pattern.sub(name, source)
+    return source
 
 
 class CodeBytes:
@@ -524,8 +527,8 @@ class Translator:
             heavy = sum(1 for x in cg.inline_at if not x)
             budget = max(4, LOOP_BUDGET // (len(insns) + 16 * heavy))
             head += [f"    n = {budget}", "    while True:"]
-        body = [ln.replace(FLUSH, flush).replace(RELOAD, reload) for ln in cg.lines]
-        source = _NAMED.sub(_name_of, "\n".join(head + body) + "\n")
+        source = "\n".join(head + cg.lines) + "\n"
+        source = _named(source.replace(FLUSH, flush).replace(RELOAD, reload))
         n = len(cg.rips)
         meta = BlockMeta(tuple([0] * len(head) + cg.line_insn), tuple(cg.rips),
                          tuple(cg.inline_at[:n]), tuple(cg.fk_at[:n]), tuple(written))
