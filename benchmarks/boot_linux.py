@@ -9,6 +9,7 @@ wall time when other jobs share the machine)::
 
     python benchmarks/boot_linux.py                  # 1 vfw run, 3 QEMU runs (~2.5 min)
     python benchmarks/boot_linux.py --count          # + a run counting guest instructions
+    python benchmarks/boot_linux.py --calls          # + a run counting block calls
     python benchmarks/boot_linux.py --profile P.out  # + a cProfile run, grouped by area
 
 vfw runs through this script's ``--child`` mode, which calls ``vfw.vl.run_cli`` in-process
@@ -75,6 +76,29 @@ def child(stats_path: str, mode: str, vfw_args: list[str]) -> int:
 
     vcpu.TcgCPU._translate = timed_translate  # type: ignore[method-assign]
     executed = [0, 0]  # instructions, block calls
+    if mode == "calls":
+        # Only block calls (and the blocks that ran at most twice), translation unchanged.
+        per_block: dict[object, int] = {}
+
+        def run_blocks_calls(self: vcpu.TcgCPU, n: int) -> int:
+            s, R, get, lookup = self, self.R, self.jc.get, self.lookup
+            rip = self.env.rip
+            calls = 0
+            while n > 0:
+                fn = get(rip)
+                if fn is None:
+                    fn = lookup(rip)
+                per_block[fn] = per_block.get(fn, 0) + 1
+                calls += 1
+                rip = fn(s, R)
+                n -= 1
+                if s.exit_req:
+                    break
+            self.env.rip = rip
+            executed[1] += calls
+            return n
+
+        vcpu.TcgCPU.run_blocks = run_blocks_calls  # type: ignore[method-assign]
     if mode == "count":
         orig_translate = translate.Translator.translate
 
@@ -143,7 +167,10 @@ def child(stats_path: str, mode: str, vfw_args: list[str]) -> int:
              "translated_blocks": sum(c.translations for c in caches),
              "translate_seconds": round(translating[0], 2),
              "instructions": executed[0] if mode == "count" else None,
-             "block_calls": executed[1] if mode == "count" else None}
+             "block_calls": executed[1] if mode in ("count", "calls") else None}
+    if mode == "calls":
+        stats["blocks_called"] = len(per_block)
+        stats["blocks_called_at_most_twice"] = sum(1 for c in per_block.values() if c <= 2)
     Path(stats_path).write_text(json.dumps(stats))
     return status
 
@@ -324,11 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smp", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--count", action="store_true", help="add an instruction-counting run")
+    ap.add_argument("--calls", action="store_true",
+                    help="add a run counting block calls (translation as in a normal run)")
     ap.add_argument("--profile", metavar="FILE", help="add a cProfile run, stats to FILE")
     ap.add_argument("--sample", metavar="FILE",
                     help="add a run sampled every ms of CPU (SIGPROF), samples to FILE")
     ap.add_argument("--only-analysis", action="store_true",
-                    help="skip the timed runs (with --count / --profile)")
+                    help="skip the timed runs (with --count / --calls / --profile)")
     ap.add_argument("--kernel", default=(sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
                                          or [""])[-1])
     args = ap.parse_args(args_list)
@@ -389,6 +418,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.status}: {r.stats.get('instructions')} guest instructions in "
               f"{r.stats.get('block_calls')} block calls, "
               f"{r.stats.get('translated_blocks')} blocks translated (loop blocks off)")
+    if args.calls:
+        sp = work / "calls.json"
+        r = boot("vfw TCG, counting block calls", [*vfw, str(sp), "calls", *vfw_args], env,
+                 args.timeout * 2, sp)
+        print(f"\nblock-call run: marker {fmt(r.marker)} s, exit {r.exit:.1f} s, "
+              f"status {r.status}: {r.stats.get('block_calls')} block calls of "
+              f"{r.stats.get('blocks_called')} blocks "
+              f"({r.stats.get('blocks_called_at_most_twice')} of them called at most twice), "
+              f"{r.stats.get('translated_blocks')} blocks translated")
     if args.profile:
         sp = work / "profile.json"
         prof = Path(args.profile).resolve()
