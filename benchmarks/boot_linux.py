@@ -409,24 +409,22 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             if r.marker is None or r.status != 0:
                 print(f"\n{r.label} failed (status {r.status}); output tail:\n{r.output[-2000:]}")
+    def extra_run(label: str, mode: str) -> Result:
+        sp = work / f"{mode}.json"
+        r = boot(label, [*vfw, str(sp), mode, *vfw_args], env, args.timeout * 2, sp)
+        print(f"\n{label}: marker {fmt(r.marker)} s, exit {r.exit:.1f} s, CPU {r.cpu:.1f} s, "
+              f"status {r.status}, {r.stats.get('translated_blocks')} blocks translated")
+        return r
+
     if args.count:
-        sp = work / "count.json"
-        r = boot("vfw TCG, counting", [*vfw, str(sp), "count", *vfw_args], env,
-                 args.timeout * 2, sp)
-        print(f"\ncounting run: marker {fmt(r.marker)} s, exit {r.exit:.1f} s, CPU {r.cpu:.1f} s, "
-              f"status "
-              f"{r.status}: {r.stats.get('instructions')} guest instructions in "
-              f"{r.stats.get('block_calls')} block calls, "
-              f"{r.stats.get('translated_blocks')} blocks translated (loop blocks off)")
+        r = extra_run("vfw TCG, counting instructions (loop blocks off)", "count")
+        print(f"{r.stats.get('instructions')} guest instructions in "
+              f"{r.stats.get('block_calls')} block calls")
     if args.calls:
-        sp = work / "calls.json"
-        r = boot("vfw TCG, counting block calls", [*vfw, str(sp), "calls", *vfw_args], env,
-                 args.timeout * 2, sp)
-        print(f"\nblock-call run: marker {fmt(r.marker)} s, exit {r.exit:.1f} s, "
-              f"status {r.status}: {r.stats.get('block_calls')} block calls of "
-              f"{r.stats.get('blocks_called')} blocks "
-              f"({r.stats.get('blocks_called_at_most_twice')} of them called at most twice), "
-              f"{r.stats.get('translated_blocks')} blocks translated")
+        r = extra_run("vfw TCG, counting block calls", "calls")
+        print(f"{r.stats.get('block_calls')} block calls of {r.stats.get('blocks_called')} "
+              f"blocks ({r.stats.get('blocks_called_at_most_twice')} of them called at most "
+              f"twice)")
     if args.profile:
         sp = work / "profile.json"
         prof = Path(args.profile).resolve()

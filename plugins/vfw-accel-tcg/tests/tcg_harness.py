@@ -266,6 +266,26 @@ def run(v: Any, max_blocks: int = 100000) -> int:
     return int(done)
 
 
+def asm_handler64(vector: int, handler: str, idt: int = 0x2000) -> str:
+    """64-bit assembly that makes ``handler`` (a label) the interrupt gate of ``vector`` in a
+    32-entry IDT at ``idt`` and loads that IDT (clobbers rax; the IDTR is inline)."""
+    base = f"{idt:#x} + {vector} * 16"
+    return f"""
+        lea rax, [rip + {handler}]
+        mov word ptr [{base}], ax
+        mov word ptr [{base} + 2], {SEL_CODE64:#x}
+        mov word ptr [{base} + 4], 0x8e00
+        shr rax, 16
+        mov word ptr [{base} + 6], ax
+        mov dword ptr [{base} + 8], 0
+        lidt [rip + 91f]
+        jmp 92f
+    91: .word 16 * 32 - 1
+        .quad {idt:#x}
+    92:
+"""
+
+
 def gate64(offset: int, sel: int = SEL_CODE64, typ: int = 0xE, dpl: int = 0, ist: int = 0
            ) -> bytes:
     """A 16-byte long-mode IDT gate (0xE interrupt, 0xF trap)."""

@@ -105,15 +105,9 @@ def test_stores_beside_code_do_not_invalidate_it_until_the_page_looks_like_data(
 def test_writing_a_valid_opcode_over_an_invalid_one_retranslates():
     # 0xd6 is no instruction in 64-bit mode: the block at ``spot`` ends in #UD after its
     # first instruction. Once that byte is a NOP, the block must be made again.
-    text = """
-        lea rax, [rip + handler]
-        mov word ptr [0x2000 + 6 * 16], ax       # IDT entry 6 (#UD)
-        mov word ptr [0x2000 + 6 * 16 + 2], {cs}
-        mov word ptr [0x2000 + 6 * 16 + 4], 0x8e00
-        shr rax, 16
-        mov word ptr [0x2000 + 6 * 16 + 6], ax
-        mov dword ptr [0x2000 + 6 * 16 + 8], 0
-        lidt [rip + idtr]
+    import tcg_harness
+
+    text = tcg_harness.asm_handler64(6, "handler") + """
         xor ebx, ebx
         call spot                                # 1 + 100 (#UD) + 10
         mov byte ptr [rip + spot + 2], 0x90
@@ -125,9 +119,6 @@ def test_writing_a_valid_opcode_over_an_invalid_one_retranslates():
         add ebx, 100
         add qword ptr [rsp], 1                   # resume after the invalid byte
         iretq
-    idtr:
-        .word 16 * 32 - 1
-        .quad 0x2000
         .balign 64
     spot:
         inc ebx
@@ -135,8 +126,6 @@ def test_writing_a_valid_opcode_over_an_invalid_one_retranslates():
         add ebx, 10
         ret
     """
-    import tcg_harness
-
-    h, m, _cpu, v = _machine(text.format(cs=tcg_harness.SEL_CODE64))
+    h, m, _cpu, v = _machine(text)
     h.run(v)
     assert m.exit_code == (122 << 1) | 1  # a stale block would take #UD again: 222

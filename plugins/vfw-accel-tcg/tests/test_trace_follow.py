@@ -113,15 +113,7 @@ def test_a_fault_after_a_followed_return_is_precise():
 
     # The load after the return reads an address beyond RAM's page tables (#PF): RIP and
     # registers must be those of the faulting instruction, after the call and return.
-    text = """
-        lea rax, [rip + handler]
-        mov word ptr [0x2000 + 14 * 16], ax
-        mov word ptr [0x2000 + 14 * 16 + 2], {cs}
-        mov word ptr [0x2000 + 14 * 16 + 4], 0x8e00
-        shr rax, 16
-        mov word ptr [0x2000 + 14 * 16 + 6], ax
-        mov dword ptr [0x2000 + 14 * 16 + 8], 0
-        lidt [rip + idtr]
+    text = h.asm_handler64(14, "handler") + """
         mov ebx, 1
         call f
         add ebx, 10
@@ -133,20 +125,17 @@ def test_a_fault_after_a_followed_return_is_precise():
         mov eax, ebx
         out 0xf4, al
         hlt
-    idtr:
-        .word 16 * 32 - 1
-        .quad 0x2000
     f:
         add ebx, 1
         ret
     """
-    m, cpu, _v = _run(text.format(cs=h.SEL_CODE64), {2: 0x7FFF_0000_0000})
+    m, cpu, _v = _run(text, {2: 0x7FFF_0000_0000})
     assert m.exit_code == (12 << 1) | 1
     fault_rip = cpu.env.regs[6]
     assert 0x10000 < fault_rip < 0x10100
     import difftest
 
-    code = difftest.assemble_at(f".code64\n{text.format(cs=h.SEL_CODE64)}", 0x10000)
+    code = difftest.assemble_at(f".code64\n{text}", 0x10000)
     assert code[fault_rip - 0x10000:fault_rip - 0x10000 + 3] == bytes.fromhex("488b0a")
 
 
@@ -191,11 +180,10 @@ def test_a_trace_follows_a_call_onto_another_page(_pages):
     assert tb.ninsns >= 6
 
 
-def test_remapping_a_followed_page_takes_effect_after_invlpg(_pages):
-    # The block at ``top`` inlines the function at virtual 0x11000 (made on the second
-    # pass). After that pass the page is remapped to another physical page (PTE write +
-    # INVLPG): the third pass must run the code there, not the copy in the block.
-    h, m, _cpu, v = _paged("""
+# The block at ``top`` inlines the function at virtual 0x11000 (made on the second pass);
+# after that pass, ``change`` alters what is at 0x11000; the third pass must run the new code,
+# not the copy in the block.
+THREE_PASSES = """
         xor ebx, ebx
         mov ecx, 3
     top:
@@ -203,53 +191,35 @@ def test_remapping_a_followed_page_takes_effect_after_invlpg(_pages):
         add ebx, eax
         cmp ecx, 2
         jne 1f
-        mov qword ptr [0x390000 + 0x11 * 8], 0x12003
-        invlpg [0x11000]
+        {change}
     1:
         dec ecx
         jnz top
         mov eax, ebx
         out 0xf4, al
         hlt
-    """, {0x11000: "mov eax, 1\nret", 0x12000: "mov eax, 10\nret"})
-    h.run(v)
-    assert m.exit_code == (12 << 1) | 1  # 1 + 1 + 10
+"""
 
 
-def test_a_store_to_a_followed_page_invalidates_the_block(_pages):
-    # As above, but the second pass patches the function's code instead.
-    h, m, _cpu, v = _paged("""
-        xor ebx, ebx
-        mov ecx, 3
-    top:
-        call 0x11000
-        add ebx, eax
-        cmp ecx, 2
-        jne 1f
-        mov byte ptr [0x11001], 20       # the immediate of "mov eax, imm32" there
-    1:
-        dec ecx
-        jnz top
-        mov eax, ebx
-        out 0xf4, al
-        hlt
-    """, {0x11000: "mov eax, 2\nret"})
+@pytest.mark.parametrize(("change", "layout", "total"), [
+    # remapped to another physical page: PTE write + INVLPG
+    ("mov qword ptr [0x390000 + 0x11 * 8], 0x12003\n        invlpg [0x11000]",
+     {0x11000: "mov eax, 1\nret", 0x12000: "mov eax, 10\nret"}, 1 + 1 + 10),
+    # patched: the immediate of "mov eax, imm32" there
+    ("mov byte ptr [0x11001], 20", {0x11000: "mov eax, 2\nret"}, 2 + 2 + 20),
+], ids=["remap-invlpg", "store"])
+def test_a_change_to_a_followed_page_takes_effect(_pages, change, layout, total):
+    h, m, _cpu, v = _paged(THREE_PASSES.format(change=change), layout)
     h.run(v)
-    assert m.exit_code == (24 << 1) | 1  # 2 + 2 + 20
+    assert m.exit_code == (total << 1) | 1
 
 
 def test_a_trace_ends_before_a_page_it_cannot_fetch(_pages):
     # The call's target page is not present when the block is made: the block must not
     # fault for it; the call itself then takes the #PF (caught: exit with 14 and CR2).
-    h, m, cpu, v = _paged("""
-        lea rax, [rip + handler]
-        mov word ptr [0x2000 + 14 * 16], ax
-        mov word ptr [0x2000 + 14 * 16 + 2], {cs}
-        mov word ptr [0x2000 + 14 * 16 + 4], 0x8e00
-        shr rax, 16
-        mov word ptr [0x2000 + 14 * 16 + 6], ax
-        mov dword ptr [0x2000 + 14 * 16 + 8], 0
-        lidt [rip + idtr]
+    import tcg_harness
+
+    h, m, cpu, v = _paged(tcg_harness.asm_handler64(14, "handler") + """
         mov qword ptr [0x390000 + 0x13 * 8], 0
         invlpg [0x13000]
         mov ebx, 7
@@ -261,10 +231,7 @@ def test_a_trace_ends_before_a_page_it_cannot_fetch(_pages):
         mov eax, 14
         out 0xf4, al
         hlt
-    idtr:
-        .word 16 * 32 - 1
-        .quad 0x2000
-    """.replace("{cs}", "0x18"), {0x13000: "mov eax, 5\nret"})
+    """, {0x13000: "mov eax, 5\nret"})
     h.run(v)
     assert m.exit_code == (14 << 1) | 1
     assert cpu.env.regs[2] == 0x13000 and cpu.env.regs[3] == 7

@@ -211,32 +211,25 @@ class VirtioBlk(VirtioDevice):
                     rtype, sector = unpack_ts(view, o0)
                     # l1 > 0 (flat), so a whole number of sectors is >= 1 and
                     # l1 >> 9 <= cap - sector also refuses sector > cap.
-                    if (rtype == VIRTIO_BLK_T_IN and write1 and not l1 & 511
-                            and l1 >> 9 <= cap - sector):
-                        try:
-                            data = [view[o1:o1 + l1]]
-                            if sys_preadv(fd, data, sector << 9) != l1:
-                                preadv(sector << 9, data)  # short: the complete path
-                            view[o2] = VIRTIO_BLK_S_OK
-                        except OSError as exc:
-                            log.error("virtio-blk %s: host I/O error: %s", backend.id,
-                                      exc)
-                            view[o2] = VIRTIO_BLK_S_IOERR
-                        append((head, l1 + 1))
-                        continue
-                    if (rtype == VIRTIO_BLK_T_OUT and not write1 and wfd >= 0
-                            and not l1 & 511 and l1 >> 9 <= cap - sector):
-                        try:
-                            data = [view[o1:o1 + l1]]
-                            if sys_pwritev(wfd, data, sector << 9) != l1:
-                                pwritev(sector << 9, data)  # short: the complete path
-                            view[o2] = VIRTIO_BLK_S_OK
-                        except OSError as exc:
-                            log.error("virtio-blk %s: host I/O error: %s", backend.id,
-                                      exc)
-                            view[o2] = VIRTIO_BLK_S_IOERR
-                        append((head, 1))
-                        continue
+                    if not l1 & 511 and l1 >> 9 <= cap - sector:
+                        if rtype == VIRTIO_BLK_T_IN and write1:
+                            io, io_fd, complete, used = sys_preadv, fd, preadv, l1 + 1
+                        elif rtype == VIRTIO_BLK_T_OUT and not write1 and wfd >= 0:
+                            io, io_fd, complete, used = sys_pwritev, wfd, pwritev, 1
+                        else:
+                            io = None
+                        if io is not None:
+                            try:
+                                data = [view[o1:o1 + l1]]
+                                if io(io_fd, data, sector << 9) != l1:
+                                    complete(sector << 9, data)  # short: the complete path
+                                view[o2] = VIRTIO_BLK_S_OK
+                            except OSError as exc:
+                                log.error("virtio-blk %s: host I/O error: %s", backend.id,
+                                          exc)
+                                view[o2] = VIRTIO_BLK_S_IOERR
+                            append((head, used))
+                            continue
                     chain = flat3_chain(chain, _HDR.size, 1)
                 head, out, in_, out_len, in_len = chain
                 if out_len < _HDR.size or in_len < 1:

@@ -194,30 +194,18 @@ class VirtioNet(VirtioDevice):
                     # it, the tap checks its flags and GSO fields.
                     try:
                         head, view, off, length = chain
+                        frame: Any = view[off:off + length]
                     except ValueError:  # a Chain: any other layout
                         head, out, _in, length, _in_len = chain
-                        if length < HDR_LEN:
-                            raise VirtqueueError("virtio-net: tx buffer shorter than the "
-                                                 "header") from None
-                        if fd >= 0:
-                            try:
-                                if len(out) == 1:
-                                    write(fd, out[0])
-                                else:
-                                    writev(fd, out)
-                            except OSError as exc:
-                                dropped += 1
-                                if exc.errno not in (errno.EAGAIN, errno.EIO, errno.EINVAL):
-                                    log.warning("virtio-net: tap write: %s", exc)
-                        else:
-                            dropped += 1
-                        append((head, 0))
-                        continue
+                        frame = out[0] if len(out) == 1 else out
                     if length < HDR_LEN:
                         raise VirtqueueError("virtio-net: tx buffer shorter than the header")
                     if fd >= 0:
                         try:
-                            write(fd, view[off:off + length])
+                            if frame.__class__ is list:
+                                writev(fd, frame)
+                            else:
+                                write(fd, frame)
                         except OSError as exc:
                             dropped += 1
                             if exc.errno not in (errno.EAGAIN, errno.EIO, errno.EINVAL):
