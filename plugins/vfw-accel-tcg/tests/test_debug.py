@@ -163,3 +163,26 @@ def test_breakpoint_at_the_target_of_a_call_followed_into_the_same_block() -> No
     dbg.resume()
     h.run(v)
     assert m.exit_code == (9 << 1) | 1
+
+
+def test_a_step_does_not_enter_a_pending_interrupt_and_resuming_takes_it() -> None:
+    import tcg_harness as h
+
+    m, cpu, v, dbg = _machine()
+    pic = h.SimplePIC(cpu)
+    cpu.interrupt_controller = pic
+    # IRQ 0x20: "mov al, 0x42; out 0xf4, al; hlt" at 0x2000.
+    m.write(0x2000, bytes.fromhex("b042" "e6f4" "f4"))
+    h.set_idt(m, cpu, 0x3000, {0x20: h.gate64(0x2000)}, 16)
+    cpu.env.eflags |= 0x200  # IF
+    accel: Any = m.accel
+    accel.set_guest_debug(cpu, [], True, dbg)
+    pic.raise_vector(0x20)
+    h.run(v)
+    assert dbg.hits == [0x1005] and cpu.env.rip == 0x1005  # the mov ran; no handler
+    assert pic.pending == [0x20]
+    dbg.resume()
+    accel.set_guest_debug(cpu, [], False, None)
+    h.run(v)
+    assert pic.acked == [0x20]
+    assert m.exit_code == (0x42 << 1) | 1

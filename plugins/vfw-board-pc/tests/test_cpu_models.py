@@ -284,6 +284,16 @@ def test_msrs_follow_the_model():
     assert not cpu.wrmsr(cs.MSR_STAR, 1 << 64)
 
 
+def test_amd_syscfg_reads_zero_and_drops_writes():
+    from vfw_board_pc.cpu import MSR_K8_SYSCFG
+
+    amd = make("qemu64")
+    assert amd.rdmsr(MSR_K8_SYSCFG) == 0
+    assert amd.wrmsr(MSR_K8_SYSCFG, 1 << 23) and amd.rdmsr(MSR_K8_SYSCFG) == 0
+    intel = make("Nehalem")
+    assert intel.rdmsr(MSR_K8_SYSCFG) is None and not intel.wrmsr(MSR_K8_SYSCFG, 0)
+
+
 def test_efer_reserved_bits_refused():
     cpu = make("qemu64")
     assert cpu.wrmsr(cs.MSR_EFER, cs.EFER_SCE | cs.EFER_LME | cs.EFER_NXE | cs.EFER_SVME)

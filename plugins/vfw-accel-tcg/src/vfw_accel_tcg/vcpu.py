@@ -573,6 +573,8 @@ class TcgCPU:
             return
         if env.interrupt_shadow:
             return
+        if self.debug is not None and self.debug.single_step:
+            return  # as QEMU's gdbstub steps (SSTEP_NOIRQ): the step runs the instruction
         if env.nmi_pending and not self.nmi_blocked:
             env.nmi_pending = False
             self.nmi_blocked = True

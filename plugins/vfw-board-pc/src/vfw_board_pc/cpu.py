@@ -699,6 +699,13 @@ def _write_seg_base(cpu: X86CPU, index: int, value: int) -> bool:
 _msr((MSR_FSBASE, MSR_GSBASE), _feat("lm"), _seg_base, _write_seg_base)
 _msr(MSR_TSC_AUX, _feat("rdtscp", "rdpid"), _stored, _store_if(lambda cpu, v: v >> 32 == 0))
 
+#: AMD's SYSCFG: Linux reads it unchecked at boot on any AMD CPU (memory encryption, TOM2).
+#: Like QEMU (no fault) and Xen: reads 0 (no SME, no TOM2, no fixed-range MTRR extensions),
+#: writes are dropped.
+MSR_K8_SYSCFG = 0xC0010010
+_msr(MSR_K8_SYSCFG, lambda cpu: cpu.vendor == VENDOR_AMD, lambda cpu, i: 0,
+     lambda cpu, i, v: True)
+
 
 def _efer_allowed(cpu: X86CPU) -> int:
     bits = 0
