@@ -14,8 +14,9 @@ instead of stopping again at once, like RF on real hardware. Single step runs ex
 instruction as a one-instruction block and stops after it (or at the handler's first
 instruction when it faulted); pending interrupts and NMIs wait while a step is armed, as with
 QEMU's default step flags (SSTEP_NOIRQ), so a step does not land in an interrupt handler.
-Every change of the debug state sets ``exit_req``, so what waited is taken on resuming. A debug exit calls ``on_debug(cpu, pc)`` from the thread
-running the vCPUs and stops the machine, so the other vCPUs of the round-robin loop stop too.
+Every change of the debug state sets ``exit_req``, so what waited is taken on resuming.
+A debug exit calls ``on_debug(cpu, pc)`` from the thread running the vCPUs and stops the
+machine, so the other vCPUs of the round-robin loop stop too.
 """
 
 from __future__ import annotations
