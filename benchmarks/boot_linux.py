@@ -51,7 +51,8 @@ APPEND = "console=ttyS0 quiet cryptomgr.notests"
 def child(stats_path: str, mode: str, vfw_args: list[str]) -> int:
     """Run ``vfw run VFW_ARGS`` in this process; write statistics as JSON to ``stats_path``.
 
-    ``mode``: ``stats`` (translated blocks only), ``count`` (also executed instructions),
+    ``mode``: ``stats`` (translated blocks only), ``calls`` (also block calls), ``count``
+    (also executed instructions, loop blocks off),
     ``profile:FILE`` (under cProfile, the profile written to FILE)."""
     from vfw_accel_tcg import tbcache, translate, vcpu
 
@@ -75,31 +76,44 @@ def child(stats_path: str, mode: str, vfw_args: list[str]) -> int:
             translating[0] += time.perf_counter() - t0
 
     vcpu.TcgCPU._translate = timed_translate  # type: ignore[method-assign]
-    executed = [0, 0]  # instructions, block calls
-    if mode == "calls":
-        # Only block calls (and the blocks that ran at most twice), translation unchanged.
-        per_block: dict[object, int] = {}
-
-        def run_blocks_calls(self: vcpu.TcgCPU, n: int) -> int:
+    # Counting runs: calls per block function (and its instruction count, taken when first
+    # seen), one-instruction runs outside blocks apart.
+    per_block: dict[Any, int] = {}
+    sizes: dict[Any, int] = {}
+    singles = [0]
+    if mode in ("count", "calls"):
+        def run_blocks_counted(self: vcpu.TcgCPU, n: int) -> int:
             s, R, get, lookup = self, self.R, self.jc.get, self.lookup
+            code2tb = self.tbc.code2tb
             rip = self.env.rip
-            calls = 0
             while n > 0:
                 fn = get(rip)
                 if fn is None:
                     fn = lookup(rip)
-                per_block[fn] = per_block.get(fn, 0) + 1
-                calls += 1
+                c = per_block.get(fn)
+                if c is None:
+                    tb = code2tb.get(fn.__code__)
+                    sizes[fn] = tb.ninsns if tb is not None else 1
+                    c = 0
+                per_block[fn] = c + 1
                 rip = fn(s, R)
                 n -= 1
                 if s.exit_req:
                     break
             self.env.rip = rip
-            executed[1] += calls
             return n
 
-        vcpu.TcgCPU.run_blocks = run_blocks_calls  # type: ignore[method-assign]
+        orig_run_one = vcpu.TcgCPU.run_one
+
+        def run_one(self: vcpu.TcgCPU) -> None:
+            singles[0] += 1
+            orig_run_one(self)
+
+        vcpu.TcgCPU.run_blocks = run_blocks_counted  # type: ignore[method-assign]
+        vcpu.TcgCPU.run_one = run_one  # type: ignore[method-assign]
     if mode == "count":
+        # Blocks without loop specialisation, so a block call runs each of its instructions
+        # at most once and calls x instructions counts what ran.
         orig_translate = translate.Translator.translate
 
         def translate_no_loops(self: translate.Translator, *args: object,
@@ -108,41 +122,6 @@ def child(stats_path: str, mode: str, vfw_args: list[str]) -> int:
             return orig_translate(self, *args, **kwargs)  # type: ignore[arg-type]
 
         translate.Translator.translate = translate_no_loops  # type: ignore[method-assign]
-        sizes: dict[object, int] = {}
-
-        def run_blocks(self: vcpu.TcgCPU, n: int) -> int:
-            s, R, get, lookup = self, self.R, self.jc.get, self.lookup
-            code2tb = self.tbc.code2tb
-            rip = self.env.rip
-            insns = calls = 0
-            while n > 0:
-                fn = get(rip)
-                if fn is None:
-                    fn = lookup(rip)
-                size = sizes.get(fn)
-                if size is None:
-                    tb = code2tb.get(fn.__code__)
-                    size = sizes[fn] = tb.ninsns if tb is not None else 1
-                insns += size
-                calls += 1
-                rip = fn(s, R)
-                n -= 1
-                if s.exit_req:
-                    break
-            self.env.rip = rip
-            executed[0] += insns
-            executed[1] += calls
-            return n
-
-        orig_run_one = vcpu.TcgCPU.run_one
-
-        def run_one(self: vcpu.TcgCPU) -> None:
-            executed[0] += 1
-            executed[1] += 1
-            orig_run_one(self)
-
-        vcpu.TcgCPU.run_blocks = run_blocks  # type: ignore[method-assign]
-        vcpu.TcgCPU.run_one = run_one  # type: ignore[method-assign]
 
     from vfw.vl import run_cli
 
@@ -166,11 +145,13 @@ def child(stats_path: str, mode: str, vfw_args: list[str]) -> int:
     stats = {"status": status, "seconds": time.monotonic() - start,
              "translated_blocks": sum(c.translations for c in caches),
              "translate_seconds": round(translating[0], 2),
-             "instructions": executed[0] if mode == "count" else None,
-             "block_calls": executed[1] if mode in ("count", "calls") else None}
-    if mode == "calls":
+             "instructions": None, "block_calls": None}
+    if mode in ("count", "calls"):
+        stats["block_calls"] = sum(per_block.values()) + singles[0]
         stats["blocks_called"] = len(per_block)
         stats["blocks_called_at_most_twice"] = sum(1 for c in per_block.values() if c <= 2)
+    if mode == "count":
+        stats["instructions"] = sum(c * sizes[fn] for fn, c in per_block.items()) + singles[0]
     Path(stats_path).write_text(json.dumps(stats))
     return status
 
