@@ -429,3 +429,23 @@ def test_blk_inline_path_is_taken(blk: Any, monkeypatch: pytest.MonkeyPatch) -> 
     reap, *_ = _run(blk, [_request((False, 3, 8, [])), _request((True, 4, 1, []))])
     assert [n for _h, n in reap] == [4097, 1]
     assert shapes == [7, 7] and not fallbacks
+
+
+@given(st.integers(0, 0xFFFF), st.lists(st.integers(0, SIZE - 1), max_size=SIZE))
+@settings(max_examples=2000 if CI else 200, deadline=None)
+def test_push_batch_heads_writes_what_push_batch_writes_with_zero_lengths(start, heads):
+    # Same used ring (elements, wrap, used.idx) from the heads-only form as from the pairs.
+    used = USED - RAM_BASE
+    size_used = 4 + 8 * SIZE
+    results = []
+    for form in ("pairs", "heads"):
+        q = _queue(SIZE)
+        q.used_idx = start
+        RAM.view[used:used + size_used] = bytes(size_used)
+        if form == "pairs":
+            q.push_batch([(h, 0) for h in heads])
+        else:
+            q.push_batch_heads(list(heads))
+        results.append((q.used_idx, bytes(RAM.view[used:used + size_used])))
+    assert results[0] == results[1]
+    assert results[1][0] == (start + len(heads)) & 0xFFFF

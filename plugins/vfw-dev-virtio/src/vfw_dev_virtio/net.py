@@ -183,7 +183,7 @@ class VirtioNet(VirtioDevice):
             if not chains:
                 break
             budget -= len(chains)
-            done: list[tuple[int, int]] = []
+            done: list[int] = []  # heads; a sent frame's used length is 0
             append = done.append
             dropped = 0
             chain: Any
@@ -212,7 +212,7 @@ class VirtioNet(VirtioDevice):
                                 log.warning("virtio-net: tap write: %s", exc)
                     else:
                         dropped += 1
-                    append((head, 0))
+                    append(head)
             finally:
                 # What was sent goes back to the driver, also when a later chain of the
                 # batch broke the device.
@@ -220,7 +220,7 @@ class VirtioNet(VirtioDevice):
                     self.tx_dropped += dropped
                 self.tx_frames += len(done) - dropped
                 if done:
-                    q.push_batch(done)
+                    q.push_batch_heads(done)
                     pushed = True
         else:
             self.transport.requeue(index)

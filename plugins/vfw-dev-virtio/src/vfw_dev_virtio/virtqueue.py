@@ -67,6 +67,18 @@ def _used_elems(n: int) -> struct.Struct:
     return s
 
 
+def _used_zero(n: int) -> struct.Struct:
+    """``n`` used-ring elements with len 0, each written as one u64 (id | 0 << 32): the heads
+    pack straight in, no (id, len) pairs."""
+    s = _USED_ZERO.get(n)
+    if s is None:
+        s = _USED_ZERO[n] = struct.Struct(f"<{n}Q")
+    return s
+
+
+_USED_ZERO: dict[int, struct.Struct] = {}
+
+
 class VirtqueueError(Exception):
     """The driver broke the ring protocol; the device must go to DEVICE_NEEDS_RESET."""
 
@@ -601,6 +613,26 @@ class VirtQueue:
         for head, written in done:
             pack(used, 4 + 8 * (idx & mask), head, written & 0xFFFFFFFF)
             idx = (idx + 1) & 0xFFFF
+        self.used_idx = idx
+        _U16.pack_into(used, 2, idx)
+
+    def push_batch_heads(self, heads: list[int]) -> None:
+        """:meth:`push_batch` for chains the device wrote nothing into (sent frames): a list
+        of heads, their used lengths 0."""
+        used = self._used
+        assert used is not None
+        mask = self.size - 1
+        idx = self.used_idx
+        k = len(heads)
+        slot = idx & mask
+        if slot + k <= mask + 1:  # one store for the run of used elements
+            _used_zero(k).pack_into(used, 4 + 8 * slot, *heads)
+            idx = (idx + k) & 0xFFFF
+        else:
+            pack = _USED_ELEM.pack_into
+            for head in heads:
+                pack(used, 4 + 8 * (idx & mask), head, 0)
+                idx = (idx + 1) & 0xFFFF
         self.used_idx = idx
         _U16.pack_into(used, 2, idx)
 
