@@ -124,11 +124,14 @@ class Block:
     ninsns: int
     insns: list[Insn]
     meta: BlockMeta
-    size: int  # guest bytes spanned by the instructions
-    lo: int = 0  # where that span starts, relative to the block's RIP
     #: the bytes the block was made from, as (start, end) relative to its RIP, merged: a
-    #: trace that jumps around its page covers much less than ``lo``..``lo + size``
+    #: trace that jumps around its page covers only parts of it
     spans: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Guest bytes the block was made from."""
+        return sum(b - a for a, b in self.spans)
 
 
 #: The masks that fill generated code, as names (runtime.NS defines them): Python compiles a
@@ -545,8 +548,6 @@ class Translator:
         meta = BlockMeta(tuple([0] * len(head) + cg.line_insn), tuple(cg.rips),
                          tuple(cg.inline_at[:n]), tuple(cg.fk_at[:n]), tuple(written))
         every = insns + self.dup_insns
-        lo = min((x.addr for x in every), default=rip)
-        hi = max((x.addr + x.size for x in every), default=rip)
         spans: list[tuple[int, int]] = []
         ranges = [(x.addr - rip, x.addr - rip + x.size) for x in every]
         if invalid:  # its first byte, so that writing a valid opcode there retranslates
@@ -559,7 +560,7 @@ class Translator:
             else:
                 spans.append((a, b))
         return Block(source, f"tb_{rip:x}", len(insns) + (1 if invalid else 0), insns, meta,
-                     hi - lo, lo - rip, tuple(spans) or ((0, 1),))
+                     tuple(spans) or ((0, 1),))
 
     # -- small helpers for emitters ------------------------------------------------------------
     def live(self) -> int:
